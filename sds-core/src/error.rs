@@ -1,0 +1,509 @@
+//! The one error type of `sds-core`.
+
+use std::{fmt, sync::Arc};
+
+use rustls_pki_types::UnixTime;
+
+use crate::{KeyFormat, SecretName};
+
+/// Everything that can go wrong in `sds-core`: a name that is not a valid resource name, or a
+/// credential input that cannot be served.
+///
+/// Every credential variant names the credential, where the input came from (`location`, as
+/// given in [`Input`](crate::Input)) and what is wrong with it. Messages never contain key
+/// material. Certificate positions count from 1, the leaf, in the order of the input.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A resource name that cannot be used (empty, too long, whitespace or non-ASCII).
+    #[error("invalid secret name \"{name}\": {problem}")]
+    InvalidName {
+        /// The offending name, escaped for printing.
+        name: String,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+
+    /// The input is empty: no bytes at all, or only whitespace.
+    #[error("credential `{credential}`: {location}: input is empty")]
+    EmptyInput {
+        /// The credential the input belongs to.
+        credential: SecretName,
+        /// Where the input came from.
+        location: String,
+    },
+
+    /// An input could not be read (a file, a Secret's key): the source reports why.
+    #[error("credential `{credential}`: {location}: cannot read it")]
+    Unreadable {
+        /// The credential the input belongs to.
+        credential: SecretName,
+        /// Where the input was to come from.
+        location: String,
+        /// Why it could not be read.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+
+    /// One half of a pair is present without the other: a chain without its key, a key
+    /// without its chain, a CRL without a CA.
+    #[error("credential `{credential}`: found {found} but no {missing}")]
+    MissingInput {
+        /// The credential the input belongs to.
+        credential: SecretName,
+        /// The input that is present, e.g. `/etc/sds/httpbin/tls.crt`.
+        found: String,
+        /// What is missing beside it, e.g. `tls.key`.
+        missing: String,
+    },
+
+    /// The input is larger than [`MAX_INPUT_LEN`](crate::MAX_INPUT_LEN).
+    #[error(
+        "credential `{credential}`: {location}: input is {len} bytes, more than the limit of {max}"
+    )]
+    InputTooLarge {
+        /// The credential the input belongs to.
+        credential: SecretName,
+        /// Where the input came from.
+        location: String,
+        /// The input's length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+
+    /// The input looks like binary DER (or PKCS#12), not PEM text.
+    #[error(
+        "credential `{credential}`: {location}: input looks like binary DER, not PEM; \
+         sds needs PEM text with a {expected} block"
+    )]
+    NotPem {
+        /// The credential the input belongs to.
+        credential: SecretName,
+        /// Where the input came from.
+        location: String,
+        /// The PEM block label(s) that were expected, e.g. `CERTIFICATE`.
+        expected: &'static str,
+    },
+
+    /// The input holds no PEM block of the expected kind.
+    #[error("credential `{credential}`: {location}: expected a {expected} block, found {}", Found(.found))]
+    MissingPemBlock {
+        /// The credential the input belongs to.
+        credential: SecretName,
+        /// Where the input came from.
+        location: String,
+        /// The PEM block label(s) that were expected, e.g. `CERTIFICATE`.
+        expected: &'static str,
+        /// The labels of the PEM blocks that were found instead (possibly none), escaped.
+        found: Vec<String>,
+    },
+
+    /// A PEM block is malformed: no END line, a broken BEGIN line, or invalid base64.
+    #[error("credential `{credential}`: {location}: PEM block {block} (`{label}`) is malformed")]
+    MalformedPem {
+        /// The credential the input belongs to.
+        credential: SecretName,
+        /// Where the input came from.
+        location: String,
+        /// Position of the block among all PEM blocks of the input, from 1.
+        block: usize,
+        /// The block's label, escaped.
+        label: String,
+        /// What the PEM decoder found wrong.
+        #[source]
+        source: ParseError,
+    },
+
+    /// The private key is encrypted; sds serves keys to Envoy without a password.
+    #[error(
+        "credential `{credential}`: {location}: private key is encrypted ({encryption}); \
+         sds needs an unencrypted PKCS#8, PKCS#1 or SEC1 key"
+    )]
+    EncryptedKey {
+        /// The credential the input belongs to.
+        credential: SecretName,
+        /// Where the input came from.
+        location: String,
+        /// How the encryption was recognised, e.g. "`ENCRYPTED PRIVATE KEY` block".
+        encryption: &'static str,
+    },
+
+    /// The key input holds more than one private key.
+    #[error(
+        "credential `{credential}`: {location}: holds {count} private keys, expected exactly one"
+    )]
+    MultipleKeys {
+        /// The credential the input belongs to.
+        credential: SecretName,
+        /// Where the input came from.
+        location: String,
+        /// How many private key blocks were found.
+        count: usize,
+    },
+
+    /// A certificate does not parse as X.509.
+    #[error("credential `{credential}`: {location}: {} is not a valid X.509 certificate", Nth(*.position))]
+    InvalidCertificate {
+        /// The credential the input belongs to.
+        credential: SecretName,
+        /// Where the input came from.
+        location: String,
+        /// Position of the certificate in the input, from 1.
+        position: usize,
+        /// What the X.509 parser found wrong.
+        #[source]
+        source: ParseError,
+    },
+
+    /// A CRL does not parse as an X.509 certificate revocation list.
+    #[error("credential `{credential}`: {location}: CRL {position} is not a valid X.509 CRL")]
+    InvalidCrl {
+        /// The credential the input belongs to.
+        credential: SecretName,
+        /// Where the input came from.
+        location: String,
+        /// Position of the CRL among the CRLs of the input, from 1.
+        position: usize,
+        /// What the X.509 parser found wrong.
+        #[source]
+        source: ParseError,
+    },
+
+    /// The private key does not parse, or is not a usable RSA, ECDSA or Ed25519 key.
+    #[error("credential `{credential}`: {location}: {} private key cannot be loaded", format_name(*.format))]
+    InvalidKey {
+        /// The credential the input belongs to.
+        credential: SecretName,
+        /// Where the input came from.
+        location: String,
+        /// The encoding the key was given in.
+        format: KeyFormat,
+        /// What the key parser found wrong.
+        #[source]
+        source: ParseError,
+    },
+
+    /// The leaf certificate's key is of a type or size that Envoy (or sds) cannot use.
+    #[error(
+        "credential `{credential}`: {location}: the leaf certificate has {key} key, \
+         which is not supported: {reason}"
+    )]
+    UnsupportedKey {
+        /// The credential the input belongs to.
+        credential: SecretName,
+        /// Where the certificate chain came from.
+        location: String,
+        /// The key, described: e.g. "an RSA 1024-bit", "an ECDSA P-521".
+        key: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+
+    /// The private key is not the key of the leaf certificate.
+    #[error(
+        "credential `{credential}`: {location}: private key does not match the leaf \
+         certificate in {chain_location}"
+    )]
+    KeyMismatch {
+        /// The credential the input belongs to.
+        credential: SecretName,
+        /// Where the private key came from.
+        location: String,
+        /// Where the certificate chain came from.
+        chain_location: String,
+    },
+
+    /// The chain holds the same certificate twice.
+    #[error(
+        "credential `{credential}`: {location}: {} and certificate {second} are the same certificate",
+        Nth(*.first)
+    )]
+    DuplicateCertificate {
+        /// The credential the input belongs to.
+        credential: SecretName,
+        /// Where the chain came from.
+        location: String,
+        /// Position of the first copy, from 1.
+        first: usize,
+        /// Position of the second copy.
+        second: usize,
+    },
+
+    /// A certificate of the chain is not followed by its issuer.
+    #[error(
+        "credential `{credential}`: {location}: {} was issued by `{issuer}`, but certificate {} \
+         is `{next_subject}`; the chain must list the leaf first, then each certificate's issuer",
+        Nth(*.position), .position + 1
+    )]
+    ChainOrder {
+        /// The credential the input belongs to.
+        credential: SecretName,
+        /// Where the chain came from.
+        location: String,
+        /// Position of the certificate whose successor is not its issuer, from 1.
+        position: usize,
+        /// That certificate's issuer.
+        issuer: String,
+        /// The subject of the certificate that follows it.
+        next_subject: String,
+    },
+
+    /// A certificate is not valid yet.
+    #[error(
+        "credential `{credential}`: {location}: {} is not valid before {}, and it is now {}",
+        Nth(*.position), Utc(*.not_before), Utc(*.now)
+    )]
+    NotYetValid {
+        /// The credential the input belongs to.
+        credential: SecretName,
+        /// Where the chain came from.
+        location: String,
+        /// Position of the certificate, from 1 (the leaf).
+        position: usize,
+        /// Start of its validity window.
+        not_before: UnixTime,
+        /// The time validation ran at.
+        now: UnixTime,
+    },
+
+    /// A certificate has expired.
+    #[error(
+        "credential `{credential}`: {location}: {} expired at {}, and it is now {}",
+        Nth(*.position), Utc(*.not_after), Utc(*.now)
+    )]
+    Expired {
+        /// The credential the input belongs to.
+        credential: SecretName,
+        /// Where the chain came from.
+        location: String,
+        /// Position of the certificate, from 1 (the leaf).
+        position: usize,
+        /// End of its validity window.
+        not_after: UnixTime,
+        /// The time validation ran at.
+        now: UnixTime,
+    },
+
+    /// A CRL is past its `nextUpdate`: Envoy would fail every client handshake with
+    /// "CRL has expired", so it is not served.
+    #[error(
+        "credential `{credential}`: {location}: CRL {} (issuer {issuer}) expired at {}          (its nextUpdate); it is now {}: publish a fresh CRL",
+        Nth(*.position), Utc(*.next_update), Utc(*.now)
+    )]
+    CrlExpired {
+        /// The credential the input belongs to.
+        credential: SecretName,
+        /// Where the CRL came from.
+        location: String,
+        /// Position of the CRL in its input, from 1.
+        position: usize,
+        /// The CRL's issuer.
+        issuer: String,
+        /// The CRL's `nextUpdate`.
+        next_update: UnixTime,
+        /// The time validation ran at.
+        now: UnixTime,
+    },
+}
+
+// === impl Error ===
+
+impl Error {
+    /// The credential this error is about, if it is about a credential's input.
+    pub fn credential(&self) -> Option<&SecretName> {
+        match self {
+            Error::InvalidName { .. } => None,
+            Error::EmptyInput { credential, .. }
+            | Error::InputTooLarge { credential, .. }
+            | Error::NotPem { credential, .. }
+            | Error::MissingPemBlock { credential, .. }
+            | Error::MalformedPem { credential, .. }
+            | Error::EncryptedKey { credential, .. }
+            | Error::MultipleKeys { credential, .. }
+            | Error::InvalidCertificate { credential, .. }
+            | Error::InvalidCrl { credential, .. }
+            | Error::InvalidKey { credential, .. }
+            | Error::UnsupportedKey { credential, .. }
+            | Error::KeyMismatch { credential, .. }
+            | Error::DuplicateCertificate { credential, .. }
+            | Error::ChainOrder { credential, .. }
+            | Error::NotYetValid { credential, .. }
+            | Error::Expired { credential, .. }
+            | Error::CrlExpired { credential, .. }
+            | Error::Unreadable { credential, .. }
+            | Error::MissingInput { credential, .. } => Some(credential),
+        }
+    }
+}
+
+/// Why a parser rejected an input: the source of [`Error::MalformedPem`],
+/// [`Error::InvalidCertificate`], [`Error::InvalidCrl`] and [`Error::InvalidKey`].
+///
+/// Opaque on purpose: the parsers behind it are not part of this crate's API. Cheap to clone.
+/// Never contains key material.
+#[derive(Clone)]
+pub struct ParseError(Cause);
+
+#[derive(Clone)]
+enum Cause {
+    /// Found by our own PEM scan (no END line, broken BEGIN line).
+    Pem(&'static str),
+    /// Base64 or framing error from the PEM decoder.
+    PemDecode(Arc<rustls_pki_types::pem::Error>),
+    /// ASN.1 / X.509 structure error.
+    Der(Arc<str>),
+    /// The crypto library refused the key.
+    Key(Arc<str>),
+}
+
+// === impl ParseError ===
+
+impl ParseError {
+    pub(crate) fn pem(problem: &'static str) -> Self {
+        Self(Cause::Pem(problem))
+    }
+
+    pub(crate) fn pem_decode(error: rustls_pki_types::pem::Error) -> Self {
+        Self(Cause::PemDecode(Arc::new(error)))
+    }
+
+    pub(crate) fn der(error: impl fmt::Display) -> Self {
+        Self(Cause::Der(Arc::from(error.to_string())))
+    }
+
+    pub(crate) fn key(error: impl fmt::Display) -> Self {
+        Self(Cause::Key(Arc::from(error.to_string())))
+    }
+
+    /// Whether the PEM text itself is broken (framing or base64).
+    pub fn is_pem(&self) -> bool {
+        matches!(self.0, Cause::Pem(_) | Cause::PemDecode(_))
+    }
+
+    /// Whether the DER structure (X.509 certificate, CRL, key encoding) is broken.
+    pub fn is_der(&self) -> bool {
+        matches!(self.0, Cause::Der(_))
+    }
+
+    /// Whether the crypto library refused the private key.
+    pub fn is_key(&self) -> bool {
+        matches!(self.0, Cause::Key(_))
+    }
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Cause::Pem(problem) => f.write_str(problem),
+            Cause::PemDecode(e) => fmt::Display::fmt(e, f),
+            Cause::Der(e) | Cause::Key(e) => f.write_str(e),
+        }
+    }
+}
+
+impl fmt::Debug for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.0 {
+            Cause::Pem(_) | Cause::PemDecode(_) => "pem",
+            Cause::Der(_) => "der",
+            Cause::Key(_) => "key",
+        };
+        f.debug_struct("ParseError")
+            .field("kind", &kind)
+            .field("message", &self.to_string())
+            .finish()
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+// === message helpers ===
+
+/// "certificate 1 (the leaf)" or "certificate N".
+struct Nth(usize);
+
+impl fmt::Display for Nth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            1 => f.write_str("certificate 1 (the leaf)"),
+            n => write!(f, "certificate {n}"),
+        }
+    }
+}
+
+/// The list of labels found instead of the expected one.
+struct Found<'a>(&'a [String]);
+
+impl fmt::Display for Found<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("no PEM block");
+        }
+        for (i, label) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            f.write_str(label)?;
+        }
+        Ok(())
+    }
+}
+
+fn format_name(format: KeyFormat) -> &'static str {
+    match format {
+        KeyFormat::Pkcs8 => "PKCS#8",
+        KeyFormat::Pkcs1 => "PKCS#1",
+        KeyFormat::Sec1 => "SEC1",
+    }
+}
+
+/// A time as RFC 3339 UTC, e.g. `2024-05-01T12:00:00Z`.
+struct Utc(UnixTime);
+
+impl fmt::Display for Utc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.0.as_secs();
+        let days = secs / 86_400;
+        let rem = secs % 86_400;
+        let (year, month, day) = civil_from_days(days);
+        write!(
+            f,
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+            rem / 3600,
+            rem % 3600 / 60,
+            rem % 60
+        )
+    }
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
+/// (Howard Hinnant's `civil_from_days`, for non-negative day counts).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn utc_formats_rfc3339() {
+        let at = |secs| Utc(UnixTime::since_unix_epoch(Duration::from_secs(secs))).to_string();
+        assert_eq!(at(0), "1970-01-01T00:00:00Z");
+        assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(at(1_709_210_096), "2024-02-29T12:34:56Z");
+        assert_eq!(at(4_102_444_799), "2099-12-31T23:59:59Z");
+    }
+}

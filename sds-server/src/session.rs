@@ -1,0 +1,409 @@
+//! The SDS protocol as a state machine without I/O.
+//!
+//! A [`Sotw`] or [`Delta`] session holds one stream's state: which names it subscribes to,
+//! what it last sent, and the nonce of the last response. The service feeds it requests and
+//! secret changes; it answers with responses to send. Watching secrets is delegated to a
+//! [`Subscriptions`] implementation, so tests drive sessions with a plain map.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, VecDeque},
+    sync::Arc,
+};
+
+use sds_core::{Secret, SecretName, Version};
+
+/// The type URL of every SDS resource.
+pub(crate) const SECRET_TYPE_URL: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+
+/// Where a session subscribes to and unsubscribes from secrets.
+pub(crate) trait Subscriptions {
+    /// Starts watching `name` (if not yet watched) and returns its current value (`None` while
+    /// it does not exist).
+    fn subscribe(&mut self, name: &SecretName) -> Option<Arc<Secret>>;
+    /// Stops watching `name`.
+    fn unsubscribe(&mut self, name: &SecretName);
+}
+
+/// Why a request cannot be processed; the stream ends with this.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The request asks for a type other than `Secret`.
+    WrongType(String),
+    /// A resource name is not a valid name.
+    InvalidName(String),
+}
+
+/// The fields of a NACK's `error_detail`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Rejection {
+    pub(crate) code: i32,
+    pub(crate) message: String,
+}
+
+/// A state-of-the-world request, as the session sees it.
+#[derive(Debug, Default)]
+pub(crate) struct SotwRequest<'a> {
+    pub(crate) version_info: &'a str,
+    pub(crate) resource_names: &'a [String],
+    pub(crate) type_url: &'a str,
+    pub(crate) response_nonce: &'a str,
+    pub(crate) error_detail: Option<Rejection>,
+}
+
+/// A state-of-the-world response to send.
+#[derive(Debug)]
+pub(crate) struct SotwResponse {
+    pub(crate) version_info: String,
+    pub(crate) nonce: String,
+    pub(crate) resources: Vec<(SecretName, Arc<Secret>)>,
+}
+
+/// An incremental request, as the session sees it.
+#[derive(Debug, Default)]
+pub(crate) struct DeltaRequest<'a> {
+    pub(crate) type_url: &'a str,
+    pub(crate) subscribe: &'a [String],
+    pub(crate) unsubscribe: &'a [String],
+    pub(crate) initial_resource_versions: Vec<(&'a str, &'a str)>,
+    pub(crate) response_nonce: &'a str,
+    pub(crate) error_detail: Option<Rejection>,
+}
+
+/// An incremental response to send.
+#[derive(Debug)]
+pub(crate) struct DeltaResponse {
+    pub(crate) nonce: String,
+    pub(crate) resources: Vec<(SecretName, Arc<Secret>)>,
+    pub(crate) removed: Vec<SecretName>,
+}
+
+/// What the client did with a response, as far as the session can tell.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Ack {
+    /// A first request, or a request that changes subscriptions only.
+    None,
+    /// The client accepted the response with this nonce.
+    Acked { nonce: String },
+    /// The client rejected the response with this nonce.
+    Nacked {
+        nonce: String,
+        version: String,
+        rejection: Rejection,
+    },
+    /// The nonce is not the latest one sent: the request is ignored.
+    Stale { nonce: String },
+}
+
+fn check_type(type_url: &str) -> Result<(), Refusal> {
+    if type_url.is_empty() || type_url == SECRET_TYPE_URL {
+        Ok(())
+    } else {
+        Err(Refusal::WrongType(type_url.to_owned()))
+    }
+}
+
+fn parse_names(names: &[String]) -> Result<BTreeSet<SecretName>, Refusal> {
+    names
+        .iter()
+        .map(|n| SecretName::new(n).map_err(|_| Refusal::InvalidName(n.escape_debug().to_string())))
+        .collect()
+}
+
+/// Nonces: a per-stream counter. They only need to be unique within the stream.
+#[derive(Debug, Default)]
+struct Nonces(u64);
+
+impl Nonces {
+    fn next(&mut self) -> String {
+        self.0 += 1;
+        self.0.to_string()
+    }
+}
+
+/// One state-of-the-world stream (`StreamSecrets`).
+///
+/// Rules (see the `protocol` docs module):
+/// - every response carries every subscribed secret this stream has (one per name), so
+///   Envoy's unified mux never sees a watched secret vanish;
+/// - a response is sent only when the client lacks something: a new subscription to an
+///   existing secret, a first request on the stream, or a changed secret; never on an ACK,
+///   a NACK or a stale nonce, so a rejected version is never resent;
+/// - a secret removed at the source stays in this stream's responses (Envoy keeps using it;
+///   SOTW cannot delete), but it is not offered to new subscriptions.
+#[derive(Debug, Default)]
+pub(crate) struct Sotw {
+    names: BTreeSet<SecretName>,
+    /// The latest value of each subscribed name that exists.
+    current: BTreeMap<SecretName, Arc<Secret>>,
+    /// What the last response carried.
+    sent: BTreeMap<SecretName, Arc<Secret>>,
+    nonces: Nonces,
+    last_nonce: Option<String>,
+    last_version: String,
+    dirty: bool,
+}
+
+// === impl Sotw ===
+
+impl Sotw {
+    /// Handles a request. Returns what the request meant and, possibly, a response.
+    pub(crate) fn on_request(
+        &mut self,
+        req: &SotwRequest<'_>,
+        subs: &mut dyn Subscriptions,
+    ) -> Result<(Ack, Option<SotwResponse>), Refusal> {
+        check_type(req.type_url)?;
+        let ack = match (&self.last_nonce, req.response_nonce) {
+            // A first request, or one that reconnects with state from another stream: the
+            // nonce means nothing to us, so it is answered like a first request.
+            (None, _) | (_, "") => Ack::None,
+            (Some(last), nonce) if last != nonce => {
+                return Ok((
+                    Ack::Stale {
+                        nonce: nonce.to_owned(),
+                    },
+                    None,
+                ));
+            }
+            (Some(_), nonce) => match &req.error_detail {
+                Some(rejection) => Ack::Nacked {
+                    nonce: nonce.to_owned(),
+                    version: self.last_version.clone(),
+                    rejection: rejection.clone(),
+                },
+                None => Ack::Acked {
+                    nonce: nonce.to_owned(),
+                },
+            },
+        };
+        let first = self.last_nonce.is_none() || req.response_nonce.is_empty();
+        if first && !req.version_info.is_empty() {
+            tracing::debug!(
+                version = req.version_info,
+                "client reconnects holding a version"
+            );
+        }
+        let names = parse_names(req.resource_names)?;
+        for gone in self.names.difference(&names) {
+            subs.unsubscribe(gone);
+            self.current.remove(gone);
+            self.sent.remove(gone);
+        }
+        for added in names.difference(&self.names) {
+            if let Some(secret) = subs.subscribe(added) {
+                self.current.insert(added.clone(), secret);
+                self.dirty = true;
+            }
+        }
+        self.names = names;
+        if first && !self.current.is_empty() {
+            self.dirty = true;
+        }
+        Ok((ack, self.take_response()))
+    }
+
+    /// Records a change of a subscribed secret (`None`: removed at the source).
+    pub(crate) fn on_change(&mut self, name: &SecretName, secret: Option<Arc<Secret>>) {
+        if !self.names.contains(name) {
+            return;
+        }
+        match secret {
+            Some(secret) => {
+                let stale = self
+                    .sent
+                    .get(name)
+                    .is_none_or(|s| s.version() != secret.version());
+                self.dirty |= stale;
+                self.current.insert(name.clone(), secret);
+            }
+            None => {
+                self.current.remove(name);
+            }
+        }
+    }
+
+    /// The response owed to the client, if any.
+    pub(crate) fn take_response(&mut self) -> Option<SotwResponse> {
+        if !std::mem::take(&mut self.dirty) {
+            return None;
+        }
+        // Secrets removed at the source keep their last sent value (see the type's docs).
+        let mut resources = self.sent.clone();
+        resources.extend(self.current.iter().map(|(n, s)| (n.clone(), Arc::clone(s))));
+        resources.retain(|n, _| self.names.contains(n));
+        if resources.is_empty() {
+            return None;
+        }
+        let version = match resources.values().next() {
+            Some(only) if resources.len() == 1 => only.version(),
+            _ => {
+                let versions: Vec<Version> = resources.values().map(|s| s.version()).collect();
+                Version::combine(&versions)
+            }
+        };
+        let nonce = self.nonces.next();
+        self.last_nonce = Some(nonce.clone());
+        self.last_version = version.to_string();
+        self.sent = resources.clone();
+        Some(SotwResponse {
+            version_info: self.last_version.clone(),
+            nonce,
+            resources: resources.into_iter().collect(),
+        })
+    }
+
+    /// The names this stream subscribes to.
+    pub(crate) fn names(&self) -> impl Iterator<Item = &SecretName> {
+        self.names.iter()
+    }
+}
+
+/// One incremental stream (`DeltaSecrets`).
+///
+/// Rules: a name in `resource_names_subscribe` is always sent if it exists, whatever
+/// `initial_resource_versions` claims (Envoy relies on it after reconnects); changes send only
+/// the changed secret; a secret removed at the source is reported in `removed_resources`
+/// (Envoy ignores SDS removals and keeps the last secret); ACK, NACK and stale nonces never
+/// cause a response.
+#[derive(Debug, Default)]
+pub(crate) struct Delta {
+    names: BTreeSet<SecretName>,
+    /// What the client holds, as far as we know: the version we last sent per name.
+    sent: BTreeMap<SecretName, Version>,
+    /// Names whose latest value the client lacks.
+    owed: BTreeMap<SecretName, Option<Arc<Secret>>>,
+    nonces: Nonces,
+    /// Responses not yet acknowledged (nonce, what they carried), oldest first, for NACK
+    /// reports and stale-nonce detection.
+    in_flight: VecDeque<(String, String)>,
+}
+
+// === impl Delta ===
+
+impl Delta {
+    /// Handles a request. Returns what the request meant and, possibly, a response.
+    pub(crate) fn on_request(
+        &mut self,
+        req: &DeltaRequest<'_>,
+        subs: &mut dyn Subscriptions,
+    ) -> Result<(Ack, Option<DeltaResponse>), Refusal> {
+        check_type(req.type_url)?;
+        let ack = if req.response_nonce.is_empty() {
+            Ack::None
+        } else {
+            let found = self
+                .in_flight
+                .iter()
+                .position(|(n, _)| n == req.response_nonce);
+            // Acknowledging a response also settles every older one.
+            match found
+                .and_then(|i| self.in_flight.drain(..=i).next_back())
+                .map(|(_, v)| v)
+            {
+                None => Ack::Stale {
+                    nonce: req.response_nonce.to_owned(),
+                },
+                Some(version) => match &req.error_detail {
+                    Some(rejection) => Ack::Nacked {
+                        nonce: req.response_nonce.to_owned(),
+                        version,
+                        rejection: rejection.clone(),
+                    },
+                    None => Ack::Acked {
+                        nonce: req.response_nonce.to_owned(),
+                    },
+                },
+            }
+        };
+        // Subscription changes count even on a stale nonce: delta requests are incremental.
+        let subscribe = parse_names(req.subscribe)?;
+        let unsubscribe = parse_names(req.unsubscribe)?;
+        for (name, version) in &req.initial_resource_versions {
+            tracing::trace!(secret = name, version, "client already holds");
+        }
+        for name in unsubscribe {
+            if self.names.remove(&name) {
+                subs.unsubscribe(&name);
+            }
+            self.sent.remove(&name);
+            self.owed.remove(&name);
+        }
+        for name in subscribe {
+            // Sent even if already subscribed or claimed in `initial_resource_versions`.
+            self.names.insert(name.clone());
+            if let Some(secret) = subs.subscribe(&name) {
+                self.owed.insert(name, Some(secret));
+            }
+        }
+        Ok((ack, self.take_response()))
+    }
+
+    /// Records a change of a subscribed secret (`None`: removed at the source).
+    pub(crate) fn on_change(&mut self, name: &SecretName, secret: Option<Arc<Secret>>) {
+        if !self.names.contains(name) {
+            return;
+        }
+        let known = self.sent.get(name);
+        match secret {
+            Some(s) if known != Some(&s.version()) => {
+                self.owed.insert(name.clone(), Some(s));
+            }
+            Some(_) => {
+                self.owed.remove(name);
+            }
+            None if known.is_some() => {
+                self.owed.insert(name.clone(), None);
+            }
+            None => {
+                self.owed.remove(name);
+            }
+        }
+    }
+
+    /// The response owed to the client, if any.
+    pub(crate) fn take_response(&mut self) -> Option<DeltaResponse> {
+        if self.owed.is_empty() {
+            return None;
+        }
+        let mut resources = Vec::new();
+        let mut removed = Vec::new();
+        for (name, secret) in std::mem::take(&mut self.owed) {
+            match secret {
+                Some(secret) => {
+                    self.sent.insert(name.clone(), secret.version());
+                    resources.push((name, secret));
+                }
+                None => {
+                    self.sent.remove(&name);
+                    removed.push(name);
+                }
+            }
+        }
+        let nonce = self.nonces.next();
+        let summary = resources
+            .iter()
+            .map(|(n, s)| format!("{n}@{}", s.version()))
+            .chain(removed.iter().map(|n| format!("-{n}")))
+            .collect::<Vec<_>>()
+            .join(",");
+        self.in_flight.push_back((nonce.clone(), summary));
+        // A client that never answers must not grow this without bound.
+        if self.in_flight.len() > 64 {
+            self.in_flight.pop_front();
+        }
+        Some(DeltaResponse {
+            nonce,
+            resources,
+            removed,
+        })
+    }
+
+    /// The names this stream subscribes to.
+    pub(crate) fn names(&self) -> impl Iterator<Item = &SecretName> {
+        self.names.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,164 @@
+//! The files of one credential directory, and which of them wins.
+//!
+//! The file names are the keys of Kubernetes Secrets, with Istio's precedence, so that a
+//! directory and a Secret with the same keys mean the same thing.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use sds_core::{MAX_INPUT_LEN, SecretName};
+
+/// Certificate chain and private key file names, as pairs, generic (Istio) first.
+const PAIRS: [(&str, &str); 2] = [("cert", "key"), ("tls.crt", "tls.key")];
+/// CA certificate file names, generic first.
+const CA: [&str; 2] = ["cacert", "ca.crt"];
+/// CRL file names, generic first.
+const CRL: [&str; 2] = ["crl", "ca.crl"];
+/// How a CRL without a CA is reported.
+const CA_EITHER: &str = "cacert or ca.crt";
+/// Why a directory without any of the names above is not a credential.
+pub(crate) const NO_KNOWN_FILE: &str =
+    "it holds none of the known files (cert, key, tls.crt, tls.key, cacert, ca.crt, crl, ca.crl)";
+
+/// What one credential directory holds, after precedence: each part is absent (`None`), files
+/// to read, or a problem that rejects the part's secret.
+#[derive(Debug)]
+pub(crate) struct Layout {
+    /// The certificate chain and its key, served as `<name>`.
+    pub(crate) pair: Option<Result<Pair, Problem>>,
+    /// The CA certificates and their CRL, served as `<name>-cacert`.
+    pub(crate) ca: Option<Result<Ca, Problem>>,
+}
+
+/// The files of a certificate chain and its private key.
+#[derive(Debug)]
+pub(crate) struct Pair {
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
+}
+
+/// The files of a CA bundle and its optional CRL.
+#[derive(Debug)]
+pub(crate) struct Ca {
+    pub(crate) ca: PathBuf,
+    pub(crate) crl: Option<PathBuf>,
+}
+
+/// Why one part of a credential cannot be read.
+#[derive(Debug)]
+pub(crate) enum Problem {
+    /// A file exists but cannot be read, or is not a regular file.
+    Unreadable { path: PathBuf, source: io::Error },
+    /// A file is larger than [`sds_core::MAX_INPUT_LEN`].
+    TooLarge { path: PathBuf, len: u64 },
+    /// One file of a pair without the other: a chain without its key, a CRL without a CA.
+    Unpaired {
+        found: PathBuf,
+        missing: &'static str,
+    },
+}
+
+// === impl Layout ===
+
+impl Layout {
+    /// Looks up the known file names in `dir`, following symlinks (kubelet's `..data`).
+    pub(crate) fn probe(dir: &Path) -> Self {
+        let pair = pair(PAIRS.map(|(cert, key)| (probe(dir, cert), probe(dir, key))));
+        let ca = match (
+            first(CA.map(|f| probe(dir, f))),
+            first(CRL.map(|f| probe(dir, f))),
+        ) {
+            (None, None) => None,
+            (Some(Err(problem)), _) | (_, Some(Err(problem))) => Some(Err(problem)),
+            (None, Some(Ok(found))) => Some(Err(Problem::Unpaired {
+                found,
+                missing: CA_EITHER,
+            })),
+            (Some(Ok(ca)), crl) => Some(Ok(Ca {
+                ca,
+                crl: crl.and_then(Result::ok),
+            })),
+        };
+        Self { pair, ca }
+    }
+}
+
+/// One looked-up file.
+#[derive(Debug)]
+enum Probe {
+    Absent,
+    Present(PathBuf),
+    Failed(PathBuf, io::Error),
+}
+
+fn probe(dir: &Path, file: &str) -> Probe {
+    let path = dir.join(file);
+    match fs::metadata(&path) {
+        Ok(_) => Probe::Present(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Probe::Absent,
+        Err(e) => Probe::Failed(path, e),
+    }
+}
+
+/// The first file present in precedence order, or the problem that hides it.
+fn first<const N: usize>(probes: [Probe; N]) -> Option<Result<PathBuf, Problem>> {
+    probes.into_iter().find_map(|p| match p {
+        Probe::Absent => None,
+        Probe::Present(path) => Some(Ok(path)),
+        Probe::Failed(path, source) => Some(Err(Problem::Unreadable { path, source })),
+    })
+}
+
+/// The first complete pair in precedence order. A file that cannot be looked up before that
+/// rejects the pair (it might have completed the winning pair); without a complete pair, a lone
+/// file is reported with its missing partner.
+fn pair(probes: [(Probe, Probe); 2]) -> Option<Result<Pair, Problem>> {
+    let mut lone = None;
+    for ((cert, key), (cert_name, key_name)) in probes.into_iter().zip(PAIRS) {
+        match (cert, key) {
+            (Probe::Failed(path, source), _) | (_, Probe::Failed(path, source)) => {
+                return Some(Err(Problem::Unreadable { path, source }));
+            }
+            (Probe::Present(cert), Probe::Present(key)) => return Some(Ok(Pair { cert, key })),
+            (Probe::Present(found), Probe::Absent) => lone = lone.or(Some((found, key_name))),
+            (Probe::Absent, Probe::Present(found)) => lone = lone.or(Some((found, cert_name))),
+            (Probe::Absent, Probe::Absent) => {}
+        }
+    }
+    lone.map(|(found, missing)| Err(Problem::Unpaired { found, missing }))
+}
+
+// === impl Problem ===
+
+impl Problem {
+    /// The rejection of `credential` this problem causes.
+    pub(crate) fn into_error(self, credential: &SecretName) -> sds_core::Error {
+        let credential = credential.clone();
+        match self {
+            Problem::TooLarge { path, len } => sds_core::Error::InputTooLarge {
+                credential,
+                location: location(&path),
+                len: usize::try_from(len).unwrap_or(usize::MAX),
+                max: MAX_INPUT_LEN,
+            },
+            Problem::Unreadable { path, source } => sds_core::Error::Unreadable {
+                credential,
+                location: location(&path),
+                source: Arc::new(source),
+            },
+            Problem::Unpaired { found, missing } => sds_core::Error::MissingInput {
+                credential,
+                found: location(&found),
+                missing: missing.to_string(),
+            },
+        }
+    }
+}
+
+/// How a file is named in messages and in [`sds_core::Input::location`].
+pub(crate) fn location(path: &Path) -> String {
+    path.display().to_string()
+}

