@@ -110,36 +110,74 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let sds = SdsService::new(reader);
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .add_service(sds.into_server());
+        .add_service(sds.clone().into_server());
+    // On SIGINT/SIGTERM: end every SDS stream (Envoy keeps its secrets and reconnects), then
+    // let tonic drain the connections.
+    let stop = {
+        let sds = sds.clone();
+        async move {
+            signal("shutting down").await;
+            sds.shutdown();
+        }
+    };
 
-    match listen {
+    let served = match listen {
         Listen::Tcp(addr) => {
             let listener = TcpListener::bind(addr).await?;
             tracing::info!(address = %listener.local_addr()?, "listening (TCP)");
-            server
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown())
-                .await?;
+            drain(server.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop))
+                .await
         }
         Listen::Unix(path) => {
-            remove_stale_socket(&path)?;
+            remove_stale_socket(&path).await?;
             let listener = UnixListener::bind(&path)?;
             tracing::info!(path = %path.display(), "listening (Unix socket)");
-            server
-                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown())
-                .await?;
+            let served =
+                drain(server.serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop))
+                    .await;
             let _ = std::fs::remove_file(&path);
+            served
         }
-    }
+    };
     driver.abort();
+    served?;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Removes a socket file left by an earlier run; refuses to remove anything else.
-fn remove_stale_socket(path: &Path) -> std::io::Result<()> {
+/// Runs the server; once a shutdown has begun, gives connections a few seconds to close, and
+/// stops at once on a second signal.
+async fn drain(
+    serve: impl std::future::Future<Output = Result<(), tonic::transport::Error>>,
+) -> Result<(), tonic::transport::Error> {
+    let serve = std::pin::pin!(serve);
+    let mut serve = serve;
+    tokio::select! {
+        result = &mut serve => return result,
+        () = signal("") => {}
+    }
+    tokio::select! {
+        result = &mut serve => result,
+        () = tokio::time::sleep(Duration::from_secs(5)) => {
+            tracing::warn!("connections did not close within 5 s; stopping anyway");
+            Ok(())
+        }
+        () = signal("stopping now") => Ok(()),
+    }
+}
+
+/// Removes a socket file left by an earlier run; refuses to remove anything else, and a
+/// socket that a running server still answers on.
+async fn remove_stale_socket(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::FileTypeExt;
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
+            if tokio::net::UnixStream::connect(path).await.is_ok() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    format!("{} is in use by a running server", path.display()),
+                ));
+            }
             tracing::info!(path = %path.display(), "removing stale socket");
             std::fs::remove_file(path)
         }
@@ -155,8 +193,8 @@ fn remove_stale_socket(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown() {
+/// Resolves on SIGINT or SIGTERM, logging `what` (unless empty) with the signal's name.
+async fn signal(what: &str) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -165,9 +203,12 @@ async fn shutdown() {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
         return std::future::pending().await;
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    if !what.is_empty() {
+        tracing::info!("{name}: {what}");
     }
 }
 

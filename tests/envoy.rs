@@ -32,7 +32,7 @@ enum Transport {
 
 /// Our SDS server over a temporary credentials directory, on its own runtime.
 struct Server {
-    rt: tokio::runtime::Runtime,
+    rt: Option<tokio::runtime::Runtime>,
     dir: tempfile::TempDir,
     endpoint: SdsEndpoint,
     reader: Reader,
@@ -42,43 +42,33 @@ impl Server {
     fn start(transport: Transport) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         fs::create_dir(dir.path().join("credentials")).expect("mkdir");
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let creds = dir.path().join("credentials");
-        let socket = dir.path().join("sds.sock");
-        let (endpoint, reader) = rt.block_on(async {
-            let source = DirSource::new(&creds).debounce(Duration::from_millis(50));
-            let (mut reader, driver) = sds::core::publish(source);
-            tokio::spawn(driver);
-            reader.ready().await.expect("first scan");
-            let router = tonic::transport::Server::builder()
-                .add_service(SdsService::new(reader.clone()).into_server());
-            let endpoint = match transport {
-                Transport::Tcp => {
-                    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                        .await
-                        .expect("bind");
-                    let addr = listener.local_addr().expect("addr");
-                    tokio::spawn(router.serve_with_incoming(TcpListenerStream::new(listener)));
-                    SdsEndpoint::Tcp(addr)
-                }
-                Transport::Unix => {
-                    let listener = tokio::net::UnixListener::bind(&socket).expect("bind");
-                    tokio::spawn(router.serve_with_incoming(UnixListenerStream::new(listener)));
-                    SdsEndpoint::Unix(socket.clone())
-                }
-            };
-            (endpoint, reader)
-        });
+        let endpoint = match transport {
+            Transport::Tcp => {
+                // Reserve a port; the server binds it again (and again after a restart).
+                let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+                SdsEndpoint::Tcp(probe.local_addr().expect("addr"))
+            }
+            Transport::Unix => SdsEndpoint::Unix(dir.path().join("sds.sock")),
+        };
+        let (rt, reader) = serve(&dir.path().join("credentials"), &endpoint);
         Server {
-            rt,
+            rt: Some(rt),
             dir,
             endpoint,
             reader,
         }
+    }
+
+    /// Stops the server (every stream is cut), runs `meanwhile`, then serves the same
+    /// directory on the same endpoint again: a new server instance.
+    fn restart(&mut self, meanwhile: impl FnOnce(&Self)) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_timeout(Duration::from_secs(1));
+        }
+        meanwhile(self);
+        let (rt, reader) = serve(&self.credentials(), &self.endpoint);
+        self.rt = Some(rt);
+        self.reader = reader;
     }
 
     fn credentials(&self) -> PathBuf {
@@ -124,14 +114,41 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         // Stop serving before the directory goes away.
-        let rt = std::mem::replace(
-            &mut self.rt,
-            tokio::runtime::Builder::new_current_thread()
-                .build()
-                .expect("runtime"),
-        );
-        rt.shutdown_timeout(Duration::from_secs(1));
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_timeout(Duration::from_secs(1));
+        }
     }
+}
+
+/// Serves `dir` on `endpoint` with `sds-source-fs` + `sds-server` on a new runtime.
+fn serve(dir: &Path, endpoint: &SdsEndpoint) -> (tokio::runtime::Runtime, Reader) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let reader = rt.block_on(async {
+        let source = DirSource::new(dir).debounce(Duration::from_millis(50));
+        let (mut reader, driver) = sds::core::publish(source);
+        tokio::spawn(driver);
+        reader.ready().await.expect("first scan");
+        let router = tonic::transport::Server::builder()
+            .add_service(SdsService::new(reader.clone()).into_server());
+        match endpoint {
+            SdsEndpoint::Tcp(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
+                tokio::spawn(router.serve_with_incoming(TcpListenerStream::new(listener)));
+            }
+            SdsEndpoint::Unix(path) => {
+                let _ = fs::remove_file(path);
+                let listener = tokio::net::UnixListener::bind(path).expect("bind");
+                tokio::spawn(router.serve_with_incoming(UnixListenerStream::new(listener)));
+            }
+            other => panic!("unsupported endpoint {other:?}"),
+        }
+        reader
+    });
+    (rt, reader)
 }
 
 fn write_atomically(path: &Path, content: &str) {
@@ -389,4 +406,44 @@ fn missing_credential_is_sent_when_it_appears() {
     });
     let ca_path = server.file("example.com.crt", ca.cert_pem());
     assert_served(&get(HTTPBIN, port, &ca_path), HTTPBIN);
+}
+
+/// Envoy reconnects to a new server instance with the version it holds: it is answered, keeps
+/// serving without a gap, and a rotation made while the server was down arrives.
+fn server_restart(transport: Transport, api: SdsApi) {
+    let mut server = Server::start(transport);
+    let ca = Ca::new("example.com");
+    server.write("httpbin-credential", &leaf(&ca, HTTPBIN), None);
+    server.wait_for("credential", |s| s.get("httpbin-credential").is_some());
+    let (envoy, port) = server.envoy(
+        api,
+        vec![FilterChain::new("httpbin-credential", &[HTTPBIN])],
+    );
+    let old_ca = server.file("example.com.crt", ca.cert_pem());
+    assert_served(&get(HTTPBIN, port, &old_ca), HTTPBIN);
+
+    let ca2 = Ca::new("new-example.com");
+    let new_ca = server.file("new-example.com.crt", ca2.cert_pem());
+    server.restart(|server| {
+        // While the server is down Envoy keeps its certificate.
+        assert_served(&get(HTTPBIN, port, &old_ca), HTTPBIN);
+        server.write("httpbin-credential", &leaf(&ca2, HTTPBIN), None);
+    });
+    eventually("Envoy gets the rotation from the new server", || {
+        get(HTTPBIN, port, &new_ca).success()
+    });
+    assert_eq!(
+        envoy.stat("sds.httpbin-credential.update_rejected"),
+        Some(0)
+    );
+}
+
+#[test]
+fn server_restart_tcp_sotw() {
+    server_restart(Transport::Tcp, SdsApi::Grpc);
+}
+
+#[test]
+fn server_restart_unix_delta() {
+    server_restart(Transport::Unix, SdsApi::DeltaGrpc);
 }

@@ -1,6 +1,6 @@
 //! The one error type of `sds-core`.
 
-use std::{fmt, sync::Arc};
+use std::{fmt, sync::Arc, time::Duration};
 
 use rustls_pki_types::UnixTime;
 
@@ -288,7 +288,8 @@ pub enum Error {
     /// A CRL is past its `nextUpdate`: Envoy would fail every client handshake with
     /// "CRL has expired", so it is not served.
     #[error(
-        "credential `{credential}`: {location}: CRL {} (issuer {issuer}) expired at {}          (its nextUpdate); it is now {}: publish a fresh CRL",
+        "credential `{credential}`: {location}: CRL {} (issuer {issuer}) expired at {} (its nextUpdate); \
+         it is now {}: publish a fresh CRL",
         Nth(*.position), Utc(*.next_update), Utc(*.now)
     )]
     CrlExpired {
@@ -310,6 +311,23 @@ pub enum Error {
 // === impl Error ===
 
 impl Error {
+    /// Whether `self` and `other` report the same problem, ignoring the time validation ran
+    /// at (so a reload that finds the same expired certificate is not a new rejection).
+    pub fn same_problem(&self, other: &Error) -> bool {
+        self.without_clock().to_string() == other.without_clock().to_string()
+    }
+
+    fn without_clock(&self) -> Error {
+        let mut e = self.clone();
+        match &mut e {
+            Error::NotYetValid { now, .. }
+            | Error::Expired { now, .. }
+            | Error::CrlExpired { now, .. } => *now = UnixTime::since_unix_epoch(Duration::ZERO),
+            _ => {}
+        }
+        e
+    }
+
     /// The credential this error is about, if it is about a credential's input.
     pub fn credential(&self) -> Option<&SecretName> {
         match self {

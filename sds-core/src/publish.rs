@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use crate::{Secret, SecretName, SecretSource, Snapshot};
+use crate::{Error, Secret, SecretName, SecretSource, Snapshot};
 
 /// Returned when the publisher is gone: its source ended (or it was dropped) before producing
 /// what was asked for.
@@ -113,13 +113,13 @@ fn rejected_eq(a: &Snapshot, b: &Snapshot) -> bool {
     a.rejected().len() == b.rejected().len()
         && a.rejected()
             .zip(b.rejected())
-            .all(|((n1, e1), (n2, e2))| n1 == n2 && e1.to_string() == e2.to_string())
+            .all(|((n1, e1), (n2, e2))| n1 == n2 && e1.same_problem(e2))
 }
 
 async fn drive<S: SecretSource>(source: S, publisher: Publisher) {
     let mut stream = pin!(source.into_stream());
     // Rejections already reported, so a source that reloads often does not repeat itself.
-    let mut reported: BTreeMap<SecretName, String> = BTreeMap::new();
+    let mut reported: BTreeMap<SecretName, Arc<Error>> = BTreeMap::new();
     loop {
         let item = tokio::select! {
             item = stream.next() => item,
@@ -153,7 +153,7 @@ async fn drive<S: SecretSource>(source: S, publisher: Publisher) {
 fn log_changes(
     previous: Option<&Snapshot>,
     next: &Snapshot,
-    reported: &mut BTreeMap<SecretName, String>,
+    reported: &mut BTreeMap<SecretName, Arc<Error>>,
 ) {
     let old = |name: &SecretName| previous.and_then(|p| p.get(name.as_str()));
     for (name, secret) in next.iter() {
@@ -183,8 +183,7 @@ fn log_changes(
     }
     let mut still_rejected = BTreeMap::new();
     for (name, error) in next.rejected() {
-        let message = error.to_string();
-        if reported.get(name) != Some(&message) {
+        if !reported.get(name).is_some_and(|r| r.same_problem(error)) {
             let error: &dyn std::error::Error = &**error;
             match next.get(name.as_str()) {
                 Some(kept) => tracing::warn!(
@@ -194,7 +193,7 @@ fn log_changes(
                 None => tracing::warn!(secret = %name, error, "rejected input; not served"),
             }
         }
-        still_rejected.insert(name.clone(), message);
+        still_rejected.insert(name.clone(), Arc::clone(error));
     }
     *reported = still_rejected;
 }

@@ -10,7 +10,7 @@ use crate::{Error, Secret, SecretName, Version};
 /// An update is always complete: a name absent from both maps no longer exists at the source.
 #[derive(Debug, Default)]
 pub struct Update {
-    secrets: BTreeMap<SecretName, Secret>,
+    secrets: BTreeMap<SecretName, Arc<Secret>>,
     rejected: BTreeMap<SecretName, Error>,
 }
 
@@ -24,8 +24,14 @@ impl Update {
 
     /// Adds a valid secret under `name`, replacing anything given for that name before.
     pub fn insert(&mut self, name: SecretName, secret: impl Into<Secret>) {
+        self.insert_shared(name, Arc::new(secret.into()));
+    }
+
+    /// Adds a valid secret that is already shared: the same parsed credential under several
+    /// names (aliases), or one kept from an earlier update because its input did not change.
+    pub fn insert_shared(&mut self, name: SecretName, secret: Arc<Secret>) {
         self.rejected.remove(&name);
-        self.secrets.insert(name, secret.into());
+        self.secrets.insert(name, secret);
     }
 
     /// Records that the input for `name` is invalid. The last good version of `name`, if any,
@@ -76,7 +82,7 @@ impl Snapshot {
         for (name, secret) in update.secrets {
             let secret = match prev(&name) {
                 Some(old) if old.version() == secret.version() => Arc::clone(old),
-                _ => Arc::new(secret),
+                _ => secret,
             };
             secrets.insert(name, secret);
         }

@@ -4,7 +4,11 @@
 
 use std::{
     collections::HashMap,
-    sync::atomic::{AtomicU64, Ordering},
+    fmt,
+    sync::{
+        Arc, Weak,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use bytes::Bytes;
@@ -23,24 +27,41 @@ use zeroize::Zeroizing;
 use crate::session::SECRET_TYPE_URL;
 
 /// Encodes secrets into `Any`s, once per (name, version).
-#[derive(Debug, Default)]
+///
+/// An entry lives while its secret does: once no snapshot and no stream holds a secret
+/// (it was rotated or deleted), the next encode drops its bytes, key material included.
+#[derive(Default)]
 pub(crate) struct Encoder {
-    cache: Mutex<HashMap<SecretName, (Version, Bytes)>>,
+    cache: Mutex<HashMap<SecretName, Entry>>,
     encodes: AtomicU64,
+}
+
+struct Entry {
+    version: Version,
+    secret: Weak<Secret>,
+    bytes: Bytes,
 }
 
 impl Encoder {
     /// The `Any` carrying `secret` under `name`, from the cache when this version was encoded
     /// before. `None` for a kind of secret this server cannot encode.
-    pub(crate) fn any(&self, name: &SecretName, secret: &Secret) -> Option<Any> {
+    pub(crate) fn any(&self, name: &SecretName, secret: &Arc<Secret>) -> Option<Any> {
         let version = secret.version();
         let mut cache = self.cache.lock();
         let value = match cache.get(name) {
-            Some((v, bytes)) if *v == version => bytes.clone(),
+            Some(entry) if entry.version == version => entry.bytes.clone(),
             _ => {
                 let bytes = encode_secret(name, secret)?;
                 self.encodes.fetch_add(1, Ordering::Relaxed);
-                cache.insert(name.clone(), (version, bytes.clone()));
+                cache.retain(|_, entry| entry.secret.strong_count() > 0);
+                cache.insert(
+                    name.clone(),
+                    Entry {
+                        version,
+                        secret: Arc::downgrade(secret),
+                        bytes: bytes.clone(),
+                    },
+                );
                 bytes
             }
         };
@@ -53,6 +74,16 @@ impl Encoder {
     /// How many encodes were performed so far.
     pub(crate) fn encodes(&self) -> u64 {
         self.encodes.load(Ordering::Relaxed)
+    }
+}
+
+impl fmt::Debug for Encoder {
+    // Never the cached bytes: they hold private keys.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Encoder")
+            .field("cached", &self.cache.lock().len())
+            .field("encodes", &self.encodes())
+            .finish()
     }
 }
 

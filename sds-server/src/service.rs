@@ -23,13 +23,14 @@ use sds_proto::envoy::service::{
         SecretDiscoveryService, SecretDiscoveryServiceServer,
     },
 };
+use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     encode::Encoder,
     session::{
-        Ack, Delta, DeltaRequest, DeltaResponse, Refusal, Rejection, SECRET_TYPE_URL, Sotw,
-        SotwRequest, SotwResponse, Subscriptions,
+        Ack, Delta, DeltaRequest, DeltaResponse, MAX_NAMES_PER_STREAM, Refusal, Rejection,
+        SECRET_TYPE_URL, Sotw, SotwRequest, SotwResponse, Subscriptions,
     },
 };
 
@@ -49,6 +50,8 @@ struct Inner {
     reader: Reader,
     encoder: Encoder,
     counters: Counters,
+    /// Set once by [`SdsService::shutdown`]; every stream watches it.
+    shutdown: watch::Sender<bool>,
 }
 
 #[derive(Default)]
@@ -83,8 +86,19 @@ impl SdsService {
                 reader,
                 encoder: Encoder::default(),
                 counters: Counters::default(),
+                shutdown: watch::Sender::new(false),
             }),
         }
+    }
+
+    /// Ends every open stream with `UNAVAILABLE` and refuses new ones, so that a graceful
+    /// shutdown of the embedding server can complete (SDS streams never end on their own).
+    /// Envoy keeps its secrets and reconnects, to another replica or to the next instance.
+    ///
+    /// Call it from the shutdown future given to tonic:
+    /// `serve_with_shutdown(addr, async { signal.await; sds.shutdown() })`.
+    pub fn shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
     }
 
     /// The tonic service to add to a `tonic::transport::Server`.
@@ -106,6 +120,27 @@ impl SdsService {
     }
 }
 
+impl SdsService {
+    fn refuse_when_shutting_down(&self) -> Result<(), Status> {
+        if *self.inner.shutdown.borrow() {
+            Err(shutting_down())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Resolves once [`SdsService::shutdown`] was called (never if the service is gone).
+async fn shut_down(signal: &mut watch::Receiver<bool>) {
+    if signal.wait_for(|down| *down).await.is_err() {
+        future::pending::<()>().await;
+    }
+}
+
+fn shutting_down() -> Status {
+    Status::unavailable("the SDS server is shutting down; reconnect")
+}
+
 impl fmt::Debug for SdsService {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SdsService")
@@ -124,6 +159,7 @@ impl SecretDiscoveryService for SdsService {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamSecretsStream>, Status> {
+        self.refuse_when_shutting_down()?;
         let stream = Pump::new(
             Arc::clone(&self.inner),
             request.into_inner(),
@@ -136,6 +172,7 @@ impl SecretDiscoveryService for SdsService {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaSecretsStream>, Status> {
+        self.refuse_when_shutting_down()?;
         let stream = Pump::new(
             Arc::clone(&self.inner),
             request.into_inner(),
@@ -160,7 +197,13 @@ impl SecretDiscoveryService for SdsService {
         let mut resources = Vec::new();
         let mut missing = Vec::new();
         let mut versions = Vec::new();
-        for name in &req.resource_names {
+        let names: std::collections::BTreeSet<&String> = req.resource_names.iter().collect();
+        if names.is_empty() {
+            return Err(Status::invalid_argument(
+                "name at least one secret in resource_names",
+            ));
+        }
+        for name in names {
             match snapshot.get(name) {
                 Some(secret) => {
                     let name = SecretName::new(name)
@@ -202,8 +245,12 @@ fn refusal_status(refusal: Refusal) -> Status {
             "this server only serves {SECRET_TYPE_URL}, not {type_url}"
         )),
         Refusal::InvalidName(name) => {
-            Status::invalid_argument(format!("invalid secret name \"{name}\""))
+            let shown: String = name.chars().take(128).collect();
+            Status::invalid_argument(format!("invalid secret name \"{shown}\""))
         }
+        Refusal::TooManyNames(n) => Status::resource_exhausted(format!(
+            "{n} secret names on one stream; at most {MAX_NAMES_PER_STREAM} are served per stream"
+        )),
     }
 }
 
@@ -233,6 +280,7 @@ struct Pump<P: Protocol> {
     session: P,
     watches: Watches,
     node: String,
+    shutdown: watch::Receiver<bool>,
 }
 
 impl<P: Protocol> Pump<P>
@@ -248,12 +296,14 @@ where
             reader: inner.reader.clone(),
             map: BTreeMap::new(),
         };
+        let shutdown = inner.shutdown.subscribe();
         Self {
             inner,
             inbound,
             session,
             watches,
             node: String::new(),
+            shutdown,
         }
     }
 
@@ -287,6 +337,10 @@ where
                         return None;
                     }
                 },
+                () = shut_down(&mut self.shutdown) => {
+                    tracing::debug!(node = %self.node, "ending the stream: shutting down");
+                    return Some(Err(shutting_down()));
+                }
                 changes = self.watches.changed() => {
                     for (name, secret) in changes {
                         self.session.on_change(&name, secret);

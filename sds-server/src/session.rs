@@ -32,7 +32,13 @@ pub(crate) enum Refusal {
     WrongType(String),
     /// A resource name is not a valid name.
     InvalidName(String),
+    /// The stream subscribes to more names than [`MAX_NAMES_PER_STREAM`].
+    TooManyNames(usize),
 }
+
+/// Most names one stream may subscribe to. Envoy opens a stream per secret; a client asking
+/// for more than this on one stream is refused rather than allowed to grow server state.
+pub(crate) const MAX_NAMES_PER_STREAM: usize = 10_000;
 
 /// The fields of a NACK's `error_detail`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,6 +110,9 @@ fn check_type(type_url: &str) -> Result<(), Refusal> {
 }
 
 fn parse_names(names: &[String]) -> Result<BTreeSet<SecretName>, Refusal> {
+    if names.len() > MAX_NAMES_PER_STREAM {
+        return Err(Refusal::TooManyNames(names.len()));
+    }
     names
         .iter()
         .map(|n| SecretName::new(n).map_err(|_| Refusal::InvalidName(n.escape_debug().to_string())))
@@ -328,6 +337,10 @@ impl Delta {
             }
             self.sent.remove(&name);
             self.owed.remove(&name);
+        }
+        let total = self.names.len() + subscribe.difference(&self.names).count();
+        if total > MAX_NAMES_PER_STREAM {
+            return Err(Refusal::TooManyNames(total));
         }
         for name in subscribe {
             // Sent even if already subscribed or claimed in `initial_resource_versions`.

@@ -319,3 +319,38 @@ async fn fetch_and_refusals() {
         .expect_err("refused");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_streams_so_the_server_can_drain() {
+    let a1 = Arc::new(credential("a"));
+    let mut h = start(update(&[("a", &a1)])).await;
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(sotw_request(&["a"], "", "")).await.expect("send");
+    let mut s = h
+        .client
+        .stream_secrets(ReceiverStream::new(rx))
+        .await
+        .expect("stream")
+        .into_inner();
+    next(&mut s).await;
+    h.sds.shutdown();
+    let ended = tokio::time::timeout(WAIT, s.message())
+        .await
+        .expect("in time")
+        .expect_err("the stream ends");
+    assert_eq!(ended.code(), tonic::Code::Unavailable);
+    // New streams are refused too.
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(sotw_request(&["a"], "", "")).await.expect("send");
+    let refused = match h.client.stream_secrets(ReceiverStream::new(rx)).await {
+        Err(status) => status,
+        Ok(resp) => {
+            let mut s = resp.into_inner();
+            tokio::time::timeout(WAIT, s.message())
+                .await
+                .expect("in time")
+                .expect_err("refused")
+        }
+    };
+    assert_eq!(refused.code(), tonic::Code::Unavailable);
+}

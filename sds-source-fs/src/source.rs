@@ -89,6 +89,8 @@ struct Reloader {
     warned: Vec<Ignored>,
     /// Secrets served and names rejected by the last read, to log only what changed.
     counts: Option<(usize, usize)>,
+    /// When to read again although no file changed (a certificate becomes valid then).
+    retry_at: Option<UnixTime>,
 }
 
 #[derive(Debug)]
@@ -118,6 +120,7 @@ impl Reloader {
             phase: Phase::Start,
             warned: Vec::new(),
             counts: None,
+            retry_at: None,
         }
     }
 
@@ -126,7 +129,21 @@ impl Reloader {
         let watcher = match &mut self.phase {
             Phase::Start => None,
             Phase::Watching(watcher) => {
-                self.dirty.notified().await;
+                match self.retry_at.take() {
+                    Some(at) => {
+                        let wait = at
+                            .as_secs()
+                            .saturating_sub(UnixTime::now().as_secs())
+                            .saturating_add(1);
+                        tokio::select! {
+                            () = self.dirty.notified() => {}
+                            () = tokio::time::sleep(Duration::from_secs(wait)) => {
+                                tracing::debug!("reading again: a rejected certificate's notBefore has passed");
+                            }
+                        }
+                    }
+                    None => self.dirty.notified().await,
+                }
                 watcher.take()
             }
             Phase::Done => return None,
@@ -157,6 +174,7 @@ impl Reloader {
         match scan {
             Some(Ok(scan)) => {
                 self.log(&scan);
+                self.retry_at = scan.retry_at;
                 items.push(Ok(scan.update));
             }
             Some(Err(error)) => {

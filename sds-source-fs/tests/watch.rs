@@ -369,3 +369,38 @@ async fn bursts_coalesce_and_a_quiet_dir_is_not_reloaded() {
     }
     assert!(updates <= 4, "{updates} reloads for one burst of 40 writes");
 }
+
+/// A certificate issued a moment "in the future" (clock skew between the issuer and this
+/// host) is rejected, and served by itself once its notBefore passes: no file event is needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_not_yet_valid_certificate_is_read_again_when_it_becomes_valid() {
+    use std::time::SystemTime;
+
+    use sds_test_util::certs::{KeyKind, Validity};
+
+    let root = ca("Skewed CA");
+    let now = SystemTime::now();
+    let soon = root.issue(
+        &["soon.example.com"],
+        KeyKind::EcP256Pkcs8,
+        Validity::between(
+            now + Duration::from_secs(2),
+            now + Duration::from_secs(86_400),
+        ),
+    );
+    let dir = CredentialDir::new();
+    dir.write_tls("soon", &soon);
+    let mut reader = start(&dir);
+    let first = timeout(TIMEOUT, reader.ready())
+        .await
+        .expect("ready in time")
+        .expect("publisher running");
+    assert!(first.get("soon").is_none(), "not valid yet: not served");
+    assert_eq!(first.rejected().count(), 1);
+    let mut watch = reader.watch(&SecretName::new("soon").expect("name"));
+    timeout(TIMEOUT, watch.changed())
+        .await
+        .expect("served once valid, without any file change")
+        .expect("publisher running");
+    assert!(watch.current().is_some());
+}
