@@ -38,7 +38,7 @@ fi
 envoy_bin="${ENVOY_BIN:-$(scripts/install-envoy.sh | tail -n 1)}"
 
 step "Start the SDS server (serve-dir) on unix:$sock"
-"target/$PROFILE/examples/serve-dir" --dir "$secrets" --listen "unix:$sock" >"$work/sds.log" 2>&1 &
+"${CARGO_TARGET_DIR:-target}/$PROFILE/examples/serve-dir" --dir "$secrets" --listen "unix:$sock" >"$work/sds.log" 2>&1 &
 sds_pid=$!
 for _ in $(seq 100); do [[ -S "$sock" ]] && break; sleep 0.1; done
 [[ -S "$sock" ]] || fail "the SDS server did not start"
