@@ -125,8 +125,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Listen::Tcp(addr) => {
             let listener = TcpListener::bind(addr).await?;
             tracing::info!(address = %listener.local_addr()?, "listening (TCP)");
-            drain(server.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop))
-                .await
+            drain(server.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)).await
         }
         Listen::Unix(path) => {
             remove_stale_socket(&path).await?;
