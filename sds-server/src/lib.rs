@@ -6,9 +6,17 @@
 //! use sds_server::SdsService;
 //!
 //! let sds = SdsService::new(reader);
+//! let stop = {
+//!     let sds = sds.clone();
+//!     async move {
+//!         let _ = tokio::signal::ctrl_c().await;
+//!         // SDS streams never end on their own: end them so the server can drain.
+//!         sds.shutdown();
+//!     }
+//! };
 //! tonic::transport::Server::builder()
 //!     .add_service(sds.into_server())
-//!     .serve("127.0.0.1:15012".parse()?)
+//!     .serve_with_shutdown("127.0.0.1:15012".parse()?, stop)
 //!     .await?;
 //! # Ok(()) }
 //! ```

@@ -187,6 +187,15 @@ async fn sotw_rotation_ack_nack_and_missing() {
         details: Vec::new(),
     });
     req_tx.send(nack).await.expect("nack");
+    // Let the server read the NACK first: a change processed before it would make the
+    // NACK's nonce stale (and correctly ignored).
+    tokio::time::timeout(WAIT, async {
+        while h.sds.stats().nacks == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the NACK is processed");
     let later = Arc::new(credential("later"));
     h.updates
         .send(Ok(update(&[("a", &a2), ("later", &later)])))
