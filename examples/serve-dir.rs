@@ -11,17 +11,16 @@
 //! `httpbin.example.com` credential first, writes an Envoy bootstrap beside them, and prints
 //! how to point Envoy and curl at the server.
 
+mod serving;
+
 use std::{
-    net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use clap::Parser;
-use sds::{core::publish, fs::DirSource, server::SdsService};
-use tokio::net::{TcpListener, UnixListener};
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
-use tracing_subscriber::EnvFilter;
+use sds::{core::publish, fs::DirSource};
+use serving::Listen;
 
 /// Serve TLS credentials from a directory to Envoy over SDS (xDS v3).
 #[derive(Parser, Debug)]
@@ -33,7 +32,7 @@ struct Args {
 
     /// Where to listen: `HOST:PORT` (e.g. 127.0.0.1:15012) or `unix:/path/to/socket`.
     #[arg(long, default_value = "127.0.0.1:15012")]
-    listen: String,
+    listen: Listen,
 
     /// Generate a demo CA and an `httpbin.example.com` credential (under `target/sds-demo`
     /// unless --dir is given) and print how to use them with Envoy and curl.
@@ -41,50 +40,14 @@ struct Args {
     demo: bool,
 
     /// How long to wait for a burst of file changes to settle before reloading.
-    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "100ms", value_parser = serving::parse_duration)]
     debounce: Duration,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (n, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((s, "ms"), |i| s.split_at(i));
-    let n: u64 = n.parse().map_err(|_| format!("not a duration: {s:?}"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        _ => Err(format!("unknown unit in {s:?}: use ms or s")),
-    }
-}
-
-/// Where to listen.
-enum Listen {
-    Tcp(SocketAddr),
-    Unix(PathBuf),
-}
-
-fn parse_listen(s: &str) -> Result<Listen, String> {
-    match s.strip_prefix("unix:") {
-        Some(path) if !path.is_empty() => Ok(Listen::Unix(PathBuf::from(path))),
-        Some(_) => Err("`unix:` needs a path, e.g. unix:/run/sds.sock".to_owned()),
-        None => s
-            .parse()
-            .map(Listen::Tcp)
-            .map_err(|e| format!("--listen {s:?}: expected HOST:PORT or unix:/path ({e})")),
-    }
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    serving::init_tracing();
     let args = Args::parse();
-    let listen = parse_listen(&args.listen)?;
 
     let dir = match (&args.dir, args.demo) {
         (Some(dir), false) => dir.clone(),
@@ -96,119 +59,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
 
-    let source = DirSource::new(&dir).debounce(args.debounce);
-    let (mut reader, driver) = publish(source);
+    let (reader, driver) = publish(DirSource::new(&dir).debounce(args.debounce));
     let driver = tokio::spawn(driver);
     tracing::info!(dir = %dir.display(), "waiting for the first scan");
-    let snapshot = reader.ready().await?;
-    tracing::info!(
-        secrets = snapshot.len(),
-        names = %snapshot.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "),
-        "serving"
-    );
-
-    let sds = SdsService::new(reader);
-    let server = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .add_service(sds.clone().into_server());
-    // On SIGINT/SIGTERM: end every SDS stream (Envoy keeps its secrets and reconnects), then
-    // let tonic drain the connections.
-    let stop = {
-        let sds = sds.clone();
-        async move {
-            signal("shutting down").await;
-            sds.shutdown();
-        }
-    };
-
-    let served = match listen {
-        Listen::Tcp(addr) => {
-            let listener = TcpListener::bind(addr).await?;
-            tracing::info!(address = %listener.local_addr()?, "listening (TCP)");
-            drain(server.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)).await
-        }
-        Listen::Unix(path) => {
-            remove_stale_socket(&path).await?;
-            let listener = UnixListener::bind(&path)?;
-            tracing::info!(path = %path.display(), "listening (Unix socket)");
-            let served =
-                drain(server.serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop))
-                    .await;
-            let _ = std::fs::remove_file(&path);
-            served
-        }
-    };
+    let served = serving::serve(reader, args.listen).await;
     driver.abort();
-    served?;
-    tracing::info!("stopped");
-    Ok(())
-}
-
-/// Runs the server; once a shutdown has begun, gives connections a few seconds to close, and
-/// stops at once on a second signal.
-async fn drain(
-    serve: impl std::future::Future<Output = Result<(), tonic::transport::Error>>,
-) -> Result<(), tonic::transport::Error> {
-    let serve = std::pin::pin!(serve);
-    let mut serve = serve;
-    tokio::select! {
-        result = &mut serve => return result,
-        () = signal("") => {}
-    }
-    tokio::select! {
-        result = &mut serve => result,
-        () = tokio::time::sleep(Duration::from_secs(5)) => {
-            tracing::warn!("connections did not close within 5 s; stopping anyway");
-            Ok(())
-        }
-        () = signal("stopping now") => Ok(()),
-    }
-}
-
-/// Removes a socket file left by an earlier run; refuses to remove anything else, and a
-/// socket that a running server still answers on.
-async fn remove_stale_socket(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::FileTypeExt;
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => {
-            if tokio::net::UnixStream::connect(path).await.is_ok() {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::AddrInUse,
-                    format!("{} is in use by a running server", path.display()),
-                ));
-            }
-            tracing::info!(path = %path.display(), "removing stale socket");
-            std::fs::remove_file(path)
-        }
-        Ok(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::AlreadyExists,
-            format!(
-                "{} exists and is not a socket; not removing it",
-                path.display()
-            ),
-        )),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-/// Resolves on SIGINT or SIGTERM, logging `what` (unless empty) with the signal's name.
-async fn signal(what: &str) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    if !what.is_empty() {
-        tracing::info!("{name}: {what}");
-    }
+    served
 }
 
 mod demo {
@@ -216,6 +72,7 @@ mod demo {
 
     use std::{fs, path::Path, path::PathBuf};
 
+    use super::Listen;
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 
     /// Writes `root/example.com.crt` (the CA for curl), `root/credentials/httpbin-credential/`
@@ -264,13 +121,14 @@ mod demo {
         Ok(creds)
     }
 
-    fn bootstrap(listen: &str) -> String {
-        let sds_address = match listen.strip_prefix("unix:") {
-            Some(path) => format!("pipe: {{ path: \"{path}\" }}"),
-            None => {
-                let (host, port) = listen.rsplit_once(':').unwrap_or((listen, "15012"));
-                format!("socket_address: {{ address: \"{host}\", port_value: {port} }}")
-            }
+    fn bootstrap(listen: &Listen) -> String {
+        let sds_address = match listen {
+            Listen::Unix(path) => format!("pipe: {{ path: \"{}\" }}", path.display()),
+            Listen::Tcp(addr) => format!(
+                "socket_address: {{ address: \"{}\", port_value: {} }}",
+                addr.ip(),
+                addr.port()
+            ),
         };
         format!(
             r#"# Envoy bootstrap for the sds demo: TLS on 127.0.0.1:8443 with the certificate from SDS.

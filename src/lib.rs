@@ -3,6 +3,7 @@
 //! This facade re-exports the workspace's crates behind features:
 //! - [`core`] (always): the credential model, validation and snapshots (`sds-core`);
 //! - [`fs`] (feature `fs`, default): a watched directory of credentials (`sds-source-fs`);
+//! - `k8s` (feature `k8s`): Kubernetes Secrets with Istio's conventions (`sds-source-k8s`);
 //! - [`server`] and [`proto`] (feature `server`, default): the tonic SDS service
 //!   (`sds-server`) and the wire types (`sds-proto`).
 //!
@@ -15,3 +16,5 @@ pub use sds_proto as proto;
 pub use sds_server as server;
 #[cfg(feature = "fs")]
 pub use sds_source_fs as fs;
+#[cfg(feature = "k8s")]
+pub use sds_source_k8s as k8s;

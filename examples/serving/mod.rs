@@ -1,0 +1,171 @@
+//! What every serving example shares: the `--listen` address, logging, and a server that
+//! shuts down cleanly on SIGINT/SIGTERM.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use sds::{core::Reader, server::SdsService};
+use tokio::net::{TcpListener, UnixListener};
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tracing_subscriber::EnvFilter;
+
+/// Logs to stderr, `info` unless `RUST_LOG` says otherwise, colours only on a terminal.
+pub fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+}
+
+/// Parses `100ms` or `2s` (a bare number is milliseconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (n, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, "ms"), |i| s.split_at(i));
+    let n: u64 = n.parse().map_err(|_| format!("not a duration: {s:?}"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        _ => Err(format!("unknown unit in {s:?}: use ms or s")),
+    }
+}
+
+/// Where to listen: `HOST:PORT` or `unix:/path`.
+#[derive(Clone, Debug)]
+pub enum Listen {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.strip_prefix("unix:") {
+            Some(path) if !path.is_empty() => Ok(Listen::Unix(PathBuf::from(path))),
+            Some(_) => Err("`unix:` needs a path, e.g. unix:/run/sds.sock".to_owned()),
+            None => s
+                .parse()
+                .map(Listen::Tcp)
+                .map_err(|e| format!("expected HOST:PORT or unix:/path ({e})")),
+        }
+    }
+}
+
+/// Waits for the first snapshot, logs what is served, and serves it over SDS on `listen`
+/// until SIGINT/SIGTERM.
+pub async fn serve(mut reader: Reader, listen: Listen) -> Result<(), Box<dyn std::error::Error>> {
+    let snapshot = reader.ready().await?;
+    tracing::info!(
+        secrets = snapshot.len(),
+        names = %snapshot.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "),
+        "serving"
+    );
+    let sds = SdsService::new(reader);
+    let server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(sds.clone().into_server());
+    // On SIGINT/SIGTERM: end every SDS stream (Envoy keeps its secrets and reconnects), then
+    // let tonic drain the connections.
+    let stop = {
+        let sds = sds.clone();
+        async move {
+            signal("shutting down").await;
+            sds.shutdown();
+        }
+    };
+
+    let served = match listen {
+        Listen::Tcp(addr) => {
+            let listener = TcpListener::bind(addr).await?;
+            tracing::info!(address = %listener.local_addr()?, "listening (TCP)");
+            drain(server.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)).await
+        }
+        Listen::Unix(path) => {
+            remove_stale_socket(&path).await?;
+            let listener = UnixListener::bind(&path)?;
+            tracing::info!(path = %path.display(), "listening (Unix socket)");
+            let served =
+                drain(server.serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop))
+                    .await;
+            let _ = std::fs::remove_file(&path);
+            served
+        }
+    };
+    served?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Runs the server; once a shutdown has begun, gives connections a few seconds to close, and
+/// stops at once on a second signal.
+async fn drain(
+    serve: impl std::future::Future<Output = Result<(), tonic::transport::Error>>,
+) -> Result<(), tonic::transport::Error> {
+    let serve = std::pin::pin!(serve);
+    let mut serve = serve;
+    tokio::select! {
+        result = &mut serve => return result,
+        () = signal("") => {}
+    }
+    tokio::select! {
+        result = &mut serve => result,
+        () = tokio::time::sleep(Duration::from_secs(5)) => {
+            tracing::warn!("connections did not close within 5 s; stopping anyway");
+            Ok(())
+        }
+        () = signal("stopping now") => Ok(()),
+    }
+}
+
+/// Removes a socket file left by an earlier run; refuses to remove anything else, and a
+/// socket that a running server still answers on.
+async fn remove_stale_socket(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if tokio::net::UnixStream::connect(path).await.is_ok() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    format!("{} is in use by a running server", path.display()),
+                ));
+            }
+            tracing::info!(path = %path.display(), "removing stale socket");
+            std::fs::remove_file(path)
+        }
+        Ok(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            format!(
+                "{} exists and is not a socket; not removing it",
+                path.display()
+            ),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM, logging `what` (unless empty) with the signal's name.
+async fn signal(what: &str) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    if !what.is_empty() {
+        tracing::info!("{name}: {what}");
+    }
+}

@@ -1,0 +1,460 @@
+//! The credential keys of a Secret: what is kept of it, and which keys win.
+//!
+//! The key names and their precedence are Istio's (and the file names of `sds-source-fs`), so
+//! that a Secret and a credential directory with the same keys mean the same thing.
+
+use std::{collections::BTreeMap, fmt};
+
+use k8s_openapi::{ByteString, api::core::v1::Secret as KubeSecret};
+use ring::digest;
+use zeroize::Zeroizing;
+
+/// Every key this source reads, in this order: generic (Istio) keys before `kubernetes.io/tls`
+/// keys within each part.
+const KEYS: [&str; 8] = [
+    "cert", "key", "tls.crt", "tls.key", "cacert", "ca.crt", "crl", "ca.crl",
+];
+
+/// Certificate chain and private key, as pairs of indexes into [`KEYS`], generic first.
+const PAIRS: [(usize, usize); 2] = [(0, 1), (2, 3)];
+/// CA certificates, generic first.
+const CA: [usize; 2] = [4, 5];
+/// CRLs, generic first.
+const CRL: [usize; 2] = [6, 7];
+
+/// How many key names a "found: …" list shows before "and N more".
+const LISTED_KEYS: usize = 10;
+
+/// A Secret's name and namespace.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct SecretId {
+    pub(crate) namespace: Box<str>,
+    pub(crate) name: Box<str>,
+}
+
+// === impl SecretId ===
+
+impl SecretId {
+    pub(crate) fn new(namespace: impl Into<Box<str>>, name: impl Into<Box<str>>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// The Secret whose name has `suffix` appended, in the same namespace.
+    pub(crate) fn with_suffix(&self, suffix: &str) -> Self {
+        Self {
+            namespace: self.namespace.clone(),
+            name: format!("{}{suffix}", self.name).into(),
+        }
+    }
+}
+
+impl fmt::Display for SecretId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// What is kept of a Secret that is a credential: the bytes of its credential keys (zeroized on
+/// drop), its resourceVersion and a digest of those bytes. Everything else (other keys, labels,
+/// annotations, managed fields) is dropped as soon as the object is decoded.
+pub(crate) struct Keys {
+    values: [Option<Zeroizing<Vec<u8>>>; 8],
+    resource_version: Option<Box<str>>,
+    digest: digest::Digest,
+    /// The names of all the Secret's keys, kept only when a part is incomplete (for the
+    /// "found: …" of the rejection).
+    found: Option<Box<str>>,
+}
+
+/// A decoded Secret, reduced to what this source keeps.
+#[derive(Debug)]
+pub(crate) struct Lean {
+    pub(crate) id: SecretId,
+    /// `None` when the Secret holds none of the credential keys: it is not kept at all.
+    pub(crate) keys: Option<Keys>,
+}
+
+// === impl Lean ===
+
+impl Lean {
+    /// Reduces a decoded Secret to its credential keys, dropping everything else. `None` for an
+    /// object without a name (the API server never sends one).
+    pub(crate) fn from_secret(secret: KubeSecret, default_namespace: &str) -> Option<Lean> {
+        let KubeSecret { metadata, data, .. } = secret;
+        let id = SecretId::new(
+            metadata
+                .namespace
+                .unwrap_or_else(|| default_namespace.to_owned()),
+            metadata.name?,
+        );
+        let keys = Keys::take(data.unwrap_or_default(), metadata.resource_version);
+        Some(Lean { id, keys })
+    }
+}
+
+// === impl Keys ===
+
+impl Keys {
+    /// Takes the credential keys out of a Secret's `data` (without copying their bytes); `None`
+    /// if it holds none of them.
+    pub(crate) fn take(
+        mut data: BTreeMap<String, ByteString>,
+        resource_version: Option<String>,
+    ) -> Option<Keys> {
+        let values = KEYS.map(|key| {
+            data.remove(key)
+                .map(|ByteString(bytes)| Zeroizing::new(bytes))
+        });
+        if values.iter().all(Option::is_none) {
+            return None;
+        }
+        let mut context = digest::Context::new(&digest::SHA256);
+        for value in &values {
+            match value {
+                Some(bytes) => {
+                    context.update(&[1]);
+                    context.update(&(bytes.len() as u64).to_be_bytes());
+                    context.update(bytes);
+                }
+                None => context.update(&[0]),
+            }
+        }
+        let mut keys = Keys {
+            values,
+            resource_version: resource_version.map(String::into_boxed_str),
+            digest: context.finish(),
+            found: None,
+        };
+        let layout = keys.layout();
+        let incomplete = matches!(layout.pair, Some(Err(_))) || matches!(layout.ca, Some(Err(_)));
+        if incomplete {
+            let present: Vec<&'static str> = keys.present().collect();
+            let mut names: Vec<&str> = data.keys().map(String::as_str).chain(present).collect();
+            names.sort_unstable();
+            keys.found = Some(list(&names).into_boxed_str());
+        }
+        Some(keys)
+    }
+
+    /// The names of the credential keys present.
+    fn present(&self) -> impl Iterator<Item = &'static str> + '_ {
+        KEYS.iter()
+            .zip(&self.values)
+            .filter(|(_, v)| v.is_some())
+            .map(|(k, _)| *k)
+    }
+
+    /// Whether these keys have the same content as `other`'s: the same resourceVersion of the
+    /// Secret, or else the same bytes (a resourceVersion changes with any field, e.g. a label,
+    /// and may change across an API server restore).
+    pub(crate) fn same_content(&self, other: &Keys) -> bool {
+        let same_version =
+            self.resource_version.is_some() && self.resource_version == other.resource_version;
+        same_version || self.digest.as_ref() == other.digest.as_ref()
+    }
+
+    /// All key names of the Secret, when a part of it is incomplete: `a, b, c`.
+    pub(crate) fn found(&self) -> Option<&str> {
+        self.found.as_deref()
+    }
+
+    /// The bytes of `key`.
+    pub(crate) fn bytes(&self, key: Key) -> &[u8] {
+        self.values[key.0].as_deref().map_or(&[], Vec::as_slice)
+    }
+
+    /// Which keys make up the certificate pair and the CA, after precedence.
+    pub(crate) fn layout(&self) -> Layout {
+        Layout {
+            pair: self.pair(),
+            ca: self.ca(),
+        }
+    }
+
+    fn has(&self, i: usize) -> bool {
+        self.values[i].is_some()
+    }
+
+    fn non_empty(&self, i: usize) -> bool {
+        self.values[i].as_ref().is_some_and(|v| !v.is_empty())
+    }
+
+    /// The first complete non-empty pair; else the first complete pair (reported empty when
+    /// read); else a lone key, reported with its missing partner.
+    fn pair(&self) -> Option<Result<(Key, Key), Incomplete>> {
+        let complete = |non_empty: bool| {
+            PAIRS.iter().find(|(c, k)| {
+                if non_empty {
+                    self.non_empty(*c) && self.non_empty(*k)
+                } else {
+                    self.has(*c) && self.has(*k)
+                }
+            })
+        };
+        if let Some((c, k)) = complete(true).or_else(|| complete(false)) {
+            return Some(Ok((Key(*c), Key(*k))));
+        }
+        PAIRS
+            .iter()
+            .find_map(|(c, k)| match (self.has(*c), self.has(*k)) {
+                (true, false) => Some(Err(Incomplete {
+                    found: Key(*c),
+                    missing: Missing::Key(Key(*k)),
+                })),
+                (false, true) => Some(Err(Incomplete {
+                    found: Key(*k),
+                    missing: Missing::Key(Key(*c)),
+                })),
+                _ => None,
+            })
+    }
+
+    /// The CA key (first non-empty, else first present) and its CRL key, if any. A CRL without
+    /// a CA is incomplete.
+    fn ca(&self) -> Option<Result<(Key, Option<Key>), Incomplete>> {
+        let pick = |keys: [usize; 2]| {
+            keys.iter()
+                .find(|i| self.non_empty(**i))
+                .or_else(|| keys.iter().find(|i| self.has(**i)))
+                .map(|i| Key(*i))
+        };
+        match (pick(CA), pick(CRL)) {
+            (None, None) => None,
+            (None, Some(crl)) => Some(Err(Incomplete {
+                found: crl,
+                missing: Missing::Ca,
+            })),
+            (Some(ca), crl) => Some(Ok((ca, crl))),
+        }
+    }
+}
+
+impl fmt::Debug for Keys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Keys")
+            .field("present", &self.present().collect::<Vec<_>>())
+            .field("resource_version", &self.resource_version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `a, b, c` or `a, b, …, j, and 3 more`.
+fn list(names: &[&str]) -> String {
+    let mut out = names
+        .iter()
+        .take(LISTED_KEYS)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > LISTED_KEYS {
+        out.push_str(&format!(", and {} more", names.len() - LISTED_KEYS));
+    }
+    out
+}
+
+/// One of the credential keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Key(usize);
+
+// === impl Key ===
+
+impl Key {
+    /// The key's name in the Secret, e.g. `tls.crt`.
+    pub(crate) fn name(self) -> &'static str {
+        KEYS[self.0]
+    }
+}
+
+/// Which keys of a Secret make up each part, after precedence.
+#[derive(Debug)]
+pub(crate) struct Layout {
+    /// The certificate chain and private key keys, served as `<name>`.
+    pub(crate) pair: Option<Result<(Key, Key), Incomplete>>,
+    /// The CA and CRL keys, served as `<name>-cacert`.
+    pub(crate) ca: Option<Result<(Key, Option<Key>), Incomplete>>,
+}
+
+/// A key present without the key it needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Incomplete {
+    pub(crate) found: Key,
+    pub(crate) missing: Missing,
+}
+
+/// What an [`Incomplete`] part lacks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Missing {
+    /// The other key of a pair.
+    Key(Key),
+    /// A CA, for a CRL.
+    Ca,
+}
+
+impl fmt::Display for Missing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Missing::Key(key) => write!(f, "key `{}`", key.name()),
+            Missing::Ca => f.write_str("key `cacert` or `ca.crt`"),
+        }
+    }
+}
+
+/// The location of a key in messages and [`sds_core::Input`]:
+/// ``Secret istio-system/httpbin key `tls.key` ``.
+pub(crate) fn location(id: &SecretId, key: &str) -> String {
+    format!("Secret {id} key `{key}`")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(pairs: &[(&str, &str)]) -> Option<Keys> {
+        keys_at(pairs, Some("7"))
+    }
+
+    fn keys_at(pairs: &[(&str, &str)], resource_version: Option<&str>) -> Option<Keys> {
+        let data = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec())))
+            .collect();
+        Keys::take(data, resource_version.map(str::to_owned))
+    }
+
+    fn layout(pairs: &[(&str, &str)]) -> (Option<(&'static str, &'static str)>, Option<String>) {
+        let keys = keys(pairs).expect("a credential");
+        let layout = keys.layout();
+        let pair = layout
+            .pair
+            .map(|p| p.map(|(c, k)| (c.name(), k.name())).expect("complete"));
+        let ca = layout.ca.map(|c| {
+            let (ca, crl) = c.expect("complete");
+            format!("{}+{}", ca.name(), crl.map_or("-", Key::name))
+        });
+        (pair, ca)
+    }
+
+    #[test]
+    fn not_a_credential() {
+        assert!(keys(&[]).is_none());
+        assert!(keys(&[("username", "u"), ("password", "p"), ("token", "t")]).is_none());
+    }
+
+    #[test]
+    fn generic_keys_win() {
+        let all = [
+            ("cert", "c"),
+            ("key", "k"),
+            ("tls.crt", "c2"),
+            ("tls.key", "k2"),
+            ("cacert", "a"),
+            ("ca.crt", "a2"),
+            ("crl", "r"),
+            ("ca.crl", "r2"),
+        ];
+        assert_eq!(
+            layout(&all),
+            (Some(("cert", "key")), Some("cacert+crl".to_owned()))
+        );
+        assert_eq!(
+            layout(&all[2..]),
+            (Some(("tls.crt", "tls.key")), Some("cacert+crl".to_owned()))
+        );
+        assert_eq!(
+            layout(&[
+                ("tls.crt", "c"),
+                ("tls.key", "k"),
+                ("ca.crt", "a"),
+                ("ca.crl", "r")
+            ]),
+            (
+                Some(("tls.crt", "tls.key")),
+                Some("ca.crt+ca.crl".to_owned())
+            )
+        );
+    }
+
+    #[test]
+    fn a_complete_non_empty_pair_wins() {
+        // Empty generic keys lose to a complete TLS pair, as in Istio.
+        let l = layout(&[
+            ("cert", ""),
+            ("key", ""),
+            ("tls.crt", "c"),
+            ("tls.key", "k"),
+        ]);
+        assert_eq!(l.0, Some(("tls.crt", "tls.key")));
+        // A lone generic key does not hide a complete TLS pair.
+        let l = layout(&[("cert", "c"), ("tls.crt", "c"), ("tls.key", "k")]);
+        assert_eq!(l.0, Some(("tls.crt", "tls.key")));
+        // Nothing better: the empty pair is chosen (and reported empty when parsed).
+        let l = layout(&[("cert", ""), ("key", "")]);
+        assert_eq!(l.0, Some(("cert", "key")));
+        let l = layout(&[("cacert", ""), ("ca.crt", "a")]);
+        assert_eq!(l.1.as_deref(), Some("ca.crt+-"));
+    }
+
+    #[test]
+    fn incomplete_parts_name_the_missing_key() {
+        let keys = keys(&[("tls.crt", "c"), ("ca.crt", "a"), ("other", "x")]).expect("credential");
+        let pair = keys.layout().pair.expect("a pair part");
+        let incomplete = pair.expect_err("incomplete");
+        assert_eq!(incomplete.found.name(), "tls.crt");
+        assert_eq!(incomplete.missing.to_string(), "key `tls.key`");
+        assert_eq!(keys.found(), Some("ca.crt, other, tls.crt"));
+
+        let keys = keys_of(&[("crl", "r")]);
+        let incomplete = keys
+            .layout()
+            .ca
+            .expect("a CA part")
+            .expect_err("incomplete");
+        assert_eq!(incomplete.found.name(), "crl");
+        assert_eq!(incomplete.missing.to_string(), "key `cacert` or `ca.crt`");
+    }
+
+    fn keys_of(pairs: &[(&str, &str)]) -> Keys {
+        keys(pairs).expect("a credential")
+    }
+
+    #[test]
+    fn keeps_only_credential_keys() {
+        let keys = keys_of(&[("tls.crt", "c"), ("tls.key", "SECRET-BYTES"), ("blob", "x")]);
+        assert_eq!(keys.present().collect::<Vec<_>>(), ["tls.crt", "tls.key"]);
+        assert_eq!(keys.found(), None, "complete credentials keep no key list");
+        assert_eq!(keys.resource_version.as_deref(), Some("7"));
+        assert_eq!(keys.bytes(Key(2)), b"c");
+        assert_eq!(keys.bytes(Key(0)), b"");
+        let debug = format!("{keys:?}");
+        assert!(!debug.contains("SECRET"), "{debug}");
+    }
+
+    #[test]
+    fn digest_tells_content() {
+        let at = |pairs: &[(&str, &str)], rv| keys_at(pairs, rv).expect("a credential");
+        let a = at(&[("cert", "c"), ("key", "k")], Some("1"));
+        let b = at(
+            &[("cert", "c"), ("key", "k"), ("unrelated", "z")],
+            Some("2"),
+        );
+        let c = at(&[("cert", "ck"), ("key", "")], Some("3"));
+        assert!(a.same_content(&b));
+        assert!(!a.same_content(&c));
+        assert!(!at(&[("cert", "c")], None).same_content(&at(&[("cert", "d")], None)));
+        // The same resourceVersion is the same object.
+        assert!(a.same_content(&at(&[("cert", "c"), ("key", "k")], Some("1"))));
+    }
+
+    #[test]
+    fn lists_at_most_ten_names() {
+        let names: Vec<String> = (0..13).map(|i| format!("k{i:02}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        assert_eq!(
+            list(&refs),
+            "k00, k01, k02, k03, k04, k05, k06, k07, k08, k09, and 3 more"
+        );
+    }
+}

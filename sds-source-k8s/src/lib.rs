@@ -1,0 +1,127 @@
+//! Kubernetes Secrets as an `sds-core` [`SecretSource`](sds_core::SecretSource), with Istio's
+//! conventions: the same keys, precedence and resource names as istiod's credentials
+//! controller, so that a Gateway's `credentialName` works unchanged.
+//!
+//! [`K8sSource`] lists the Secrets of its [`Scope`] (one namespace, several, or all) through
+//! kube-rs, then watches them, and yields the complete set of credentials after every change,
+//! debounced. Each Secret is parsed and validated once per content; the same parsed credential
+//! is shared by all the names it is served under.
+//!
+//! # Keys
+//!
+//! | keys | served as |
+//! | --- | --- |
+//! | `cert` + `key` (generic Secret), or `tls.crt` + `tls.key` (`kubernetes.io/tls`) | a TLS certificate: the chain (leaf first) and its private key |
+//! | `cacert`, or `ca.crt` | a validation context: CA certificates that verify peers |
+//! | `crl`, or `ca.crl` | attached to the validation context: certificate revocation lists |
+//!
+//! - Precedence is Istio's: a complete, non-empty `cert` + `key` pair wins over `tls.crt` +
+//!   `tls.key`; `cacert` wins over `ca.crt`, and `crl` over `ca.crl`. The Secret's `type` does
+//!   not matter. These are also the file names of `sds-source-fs`, with the same precedence.
+//! - A Secret without any of these keys is not a credential: it is dropped as soon as it is
+//!   decoded, and only its absence is remembered. Of a credential Secret only these keys' bytes
+//!   (zeroized when dropped) and its `resourceVersion` are kept.
+//! - A Secret whose keys do not make a credential is rejected, with a message that names the
+//!   Secret and the key: a chain without its key ("found Secret istio-system/httpbin key
+//!   `tls.crt` but no key `tls.key` (expected keys (cert and key) or (tls.crt and tls.key);
+//!   found: ca.crt, tls.crt)"), a CRL without a CA, an empty key, a key that does not match the
+//!   chain, an expired leaf. The publisher keeps serving the last good version of a rejected
+//!   name, and never serves a name that was never valid.
+//!
+//! # Names
+//!
+//! For a Secret `ns/foo`, with `default` the source's default namespace
+//! ([`K8sSource::default_namespace`]):
+//!
+//! | resource name | serves |
+//! | --- | --- |
+//! | `kubernetes://ns/foo` | the certificate of `ns/foo`; its CA if it holds only a CA |
+//! | `foo`, `kubernetes://foo` | the same, when `ns` is `default` |
+//! | `kubernetes://ns/foo-cacert` (and `foo-cacert`, `kubernetes://foo-cacert` in `default`) | the CA of `ns/foo`, from the Secret `ns/foo-cacert` if it exists, else from the CA keys of `ns/foo` |
+//!
+//! - The suffix `-cacert` asks for the CA part, as Istio's `credentialName` with mode `MUTUAL`
+//!   does. A separate Secret named `<name>-cacert` takes precedence over the `cacert` key of
+//!   `<name>` (Istio 1.7's order, restored in istio#29856). Every update is derived from all
+//!   Secrets together, so a change to either is reflected in the other's names at once.
+//! - A Secret whose own name ends with `-cacert` is a CA Secret: all its names serve its CA, and
+//!   if it has no CA key those names are rejected (a certificate pair in it is not served). A
+//!   Secret without any of the keys above is ignored whatever its name, so an unrelated
+//!   `<name>-cacert` does not hide the `cacert` key of `<name>`.
+//! - A Secret that holds only a CA is served as a validation context under its own names and
+//!   under the `-cacert` ones.
+//!
+//! # Updates, errors, deletions
+//!
+//! - The first update comes once every namespace of the scope has been listed. Then the
+//!   Secrets are watched from the list's `resourceVersion`, with bookmarks. When the watch
+//!   expires (`410 Gone`, e.g. after etcd compaction) the source lists again; the new list is
+//!   buffered and replaces the old state in one update when it is complete, so a credential is
+//!   never withdrawn while it is being re-listed.
+//! - Failures (the API server is unreachable, answers an error, or refuses with 403) are
+//!   ambient [`Error`] items: the publisher logs them and keeps serving the last snapshot, and
+//!   the source retries with backoff. It never yields an empty update because of an error. A
+//!   403 is reported as [`Error::Forbidden`], with the RBAC rule to grant.
+//! - A deleted Secret disappears from the next update, as a removed directory does in
+//!   `sds-source-fs`: it is no longer offered to new subscribers. Envoy keeps using the last
+//!   secret it received, because SDS cannot take a secret back (state-of-the-world has no
+//!   deletion; the delta protocol's `removed_resources` is ignored by Envoy for secrets).
+//! - A credential is validated when its Secret changes, at the current time: a certificate that
+//!   expires while its Secret stays unchanged stays served. A Secret rejected because it is not
+//!   valid yet or has expired is validated again with every update.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! use sds_source_k8s::{K8sSource, Scope};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let client = kube::Client::try_default().await?; // in-cluster config or kubeconfig
+//! let source = K8sSource::new(client, Scope::Namespace("istio-system".into()))
+//!     .debounce(Duration::from_millis(50));
+//! let (mut reader, driver) = sds_core::publish(source);
+//! tokio::spawn(driver); // the embedder owns the task; dropping it closes the watches
+//! let snapshot = reader.ready().await?; // every namespace listed once
+//! if let Some(secret) = snapshot.get("kubernetes://istio-system/httpbin-credential") {
+//!     println!("{}: {}", secret.kind(), secret.version());
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! The source needs `get`, `list` and `watch` on `secrets` (API group `""`) in each namespace of
+//! its scope: a Role and RoleBinding per namespace, or a ClusterRole and ClusterRoleBinding for
+//! [`Scope::All`].
+//!
+//! # Features
+//!
+//! This crate has no Cargo features. It depends on `k8s-openapi` without choosing a Kubernetes
+//! version, as libraries must: the binary that uses it enables one, e.g.
+//! `k8s-openapi = { version = "0.29", features = ["v1_33"] }` (any version works: only
+//! core/v1 Secrets are used). Its tests, examples and `cargo clippy --all-targets` get the
+//! version from a dev-dependency (`features = ["latest"]`). Commands that build the library
+//! alone, without dev-dependencies, take it from the environment instead:
+//! `K8S_OPENAPI_ENABLED_VERSION=1.37 cargo doc -p sds-source-k8s` (also `cargo check`,
+//! `cargo build` and `cargo clippy` without `--all-targets`). docs.rs enables
+//! `k8s-openapi/latest` through `[package.metadata.docs.rs]`.
+//!
+//! # Scope
+//!
+//! This crate reads Secrets; it never writes them. It does not validate credentials itself
+//! (that is `sds-core`), serve SDS (`sds-server`), authorize which proxy may read which Secret
+//! (istiod's SubjectAccessReview and ReferenceGrant checks), read ConfigMaps or Gateway API
+//! references, or talk to more than one cluster.
+
+mod error;
+mod keys;
+mod naming;
+mod parsed;
+mod scope;
+mod source;
+mod store;
+
+pub use crate::{
+    error::{ApiError, Error},
+    scope::Scope,
+    source::K8sSource,
+};
