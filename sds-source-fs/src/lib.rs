@@ -19,7 +19,8 @@
 //!
 //! - Precedence is Istio's: a complete `cert` + `key` pair wins over `tls.crt` + `tls.key`,
 //!   `cacert` over `ca.crt`, and `crl` over `ca.crl`. Other files are not read.
-//! - A directory with only CA files serves `<name>-cacert` alone.
+//! - A directory with only CA files is a validation context alone, served as `<name>-cacert`
+//!   and as `<name>` (as a Kubernetes Secret holding only a CA is).
 //! - Problems reject the secret they concern, with a reason that names the file: a chain without
 //!   its key ("found …/tls.crt but no tls.key"), a CRL without a CA, a file that cannot be read
 //!   or is larger than [`sds_core::MAX_INPUT_LEN`] (it is not read then), or content that does

@@ -5,6 +5,7 @@ use std::{
     fs,
     io::{self, Read as _},
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use sds_core::{
@@ -139,7 +140,7 @@ impl Scan {
             }
             match result {
                 Ok(secret) => {
-                    self.update.insert(name, secret);
+                    self.update.insert_shared(name, secret);
                     self.served += 1;
                 }
                 Err(error) => {
@@ -177,7 +178,7 @@ impl Ignored {
 }
 
 /// A secret read from a credential directory, or why it is rejected.
-type Part = (SecretName, Result<Secret, sds_core::Error>);
+type Part = (SecretName, Result<Arc<Secret>, sds_core::Error>);
 
 /// Reads one credential, again if kubelet swapped its `..data` symlink meanwhile, so that a
 /// chain and a key always come from the same payload when the reads can be made to agree.
@@ -200,12 +201,18 @@ fn read_consistently(name: &SecretName, dir: &Path, now: UnixTime) -> Vec<Part> 
 fn read_credential(name: &SecretName, dir: &Path, now: UnixTime) -> Vec<Part> {
     let layout = Layout::probe(dir);
     let mut parts = Vec::with_capacity(2);
+    let ca_only = layout.pair.is_none();
     if let Some(pair) = layout.pair {
-        parts.push((name.clone(), certified_key(name, pair, now)));
+        parts.push((name.clone(), certified_key(name, pair, now).map(Arc::new)));
     }
     if let Some(ca) = layout.ca {
         let cacert = name.cacert();
-        let bundle = trust_bundle(&cacert, ca, now);
+        let bundle = trust_bundle(&cacert, ca, now).map(Arc::new);
+        // A directory holding only a CA is a validation context under its own name too, as
+        // a Kubernetes Secret holding only a CA is (Istio's CA-only credentials).
+        if ca_only {
+            parts.push((name.clone(), bundle.clone()));
+        }
         parts.push((cacert, bundle));
     }
     parts

@@ -104,7 +104,14 @@ fn ca_files_serve_name_cacert_with_crls_and_precedence() {
     let snapshot = read(&dir);
     assert_eq!(
         names(&snapshot),
-        ["plain-roots-cacert", "roots-cacert", "web", "web-cacert"]
+        [
+            "plain-roots",
+            "plain-roots-cacert",
+            "roots",
+            "roots-cacert",
+            "web",
+            "web-cacert"
+        ]
     );
     let web_ca = bundle(&snapshot, "web-cacert").expect("web-cacert");
     assert_eq!(web_ca.anchors().len(), 1);
@@ -117,13 +124,20 @@ fn ca_files_serve_name_cacert_with_crls_and_precedence() {
         web_ca.crls()[0].as_ref(),
         "crl wins"
     );
+    // A CA-only directory is also a validation context under its own name: the same secret.
+    assert!(std::sync::Arc::ptr_eq(
+        snapshot.get("roots").expect("roots"),
+        snapshot.get("roots-cacert").expect("roots-cacert"),
+    ));
     let plain = bundle(&snapshot, "plain-roots-cacert").expect("plain-roots-cacert");
     assert_eq!(plain.anchors()[0].as_ref(), other.cert_der());
     assert!(plain.crls().is_empty());
     let crl_only = rejection(&snapshot, "crl-only-cacert").expect("crl-only-cacert rejected");
     assert!(crl_only.contains("crl-only/ca.crl"), "{crl_only}");
     assert!(crl_only.contains("cacert or ca.crt"), "{crl_only}");
-    assert_eq!(snapshot.rejected().len(), 1);
+    // A directory with only CA files is served under both names, so both are rejected.
+    assert!(rejection(&snapshot, "crl-only").is_some());
+    assert_eq!(snapshot.rejected().len(), 2);
 }
 
 #[test]
@@ -223,7 +237,7 @@ fn a_derived_cacert_name_is_not_served_twice() {
     dir.write_tls("clash-cacert", &leaf);
 
     let snapshot = read(&dir);
-    assert_eq!(names(&snapshot), ["clash-cacert"]);
+    assert_eq!(names(&snapshot), ["clash", "clash-cacert"]);
     assert!(
         bundle(&snapshot, "clash-cacert").is_some(),
         "the first directory wins"

@@ -57,7 +57,7 @@ async fn serves_the_initial_state() {
         .expect("ready in time")
         .expect("publisher running");
     let names: Vec<_> = snapshot.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, ["a", "b", "b-cacert", "roots-cacert"]);
+    assert_eq!(names, ["a", "b", "b-cacert", "roots", "roots-cacert"]);
     assert!(serves(&snapshot, "a", &a) && serves(&snapshot, "b", &b));
     assert!(bundle(&snapshot, "roots-cacert").is_some());
 }
