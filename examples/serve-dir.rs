@@ -24,7 +24,7 @@ use serving::Listen;
 
 /// Serve TLS credentials from a directory to Envoy over SDS (xDS v3).
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Args {
     /// Directory of credentials: one subdirectory per secret name.
     #[arg(long, required_unless_present = "demo")]
@@ -79,7 +79,7 @@ mod demo {
     /// (served) and `root/envoy.yaml`; returns the credentials directory.
     pub(super) fn prepare(
         root: &Path,
-        listen: &str,
+        listen: &Listen,
     ) -> Result<PathBuf, Box<dyn std::error::Error>> {
         let creds = root.join("credentials");
         let cred = creds.join("httpbin-credential");

@@ -25,7 +25,7 @@ use serving::Listen;
 
 /// Serve TLS credentials from Kubernetes Secrets to Envoy over SDS (xDS v3).
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Args {
     /// Namespace to watch (repeat for several). The first is the default namespace, whose
     /// Secrets are also served under their bare names. Default: the kubeconfig's namespace.

@@ -13,7 +13,7 @@ use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tracing_subscriber::EnvFilter;
 
 /// Logs to stderr, `info` unless `RUST_LOG` says otherwise, colours only on a terminal.
-pub fn init_tracing() {
+pub(crate) fn init_tracing() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -24,7 +24,7 @@ pub fn init_tracing() {
 }
 
 /// Parses `100ms` or `2s` (a bare number is milliseconds).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let (n, unit) = s
         .find(|c: char| !c.is_ascii_digit())
         .map_or((s, "ms"), |i| s.split_at(i));
@@ -38,7 +38,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Where to listen: `HOST:PORT` or `unix:/path`.
 #[derive(Clone, Debug)]
-pub enum Listen {
+pub(crate) enum Listen {
     Tcp(SocketAddr),
     Unix(PathBuf),
 }
@@ -60,7 +60,10 @@ impl std::str::FromStr for Listen {
 
 /// Waits for the first snapshot, logs what is served, and serves it over SDS on `listen`
 /// until SIGINT/SIGTERM.
-pub async fn serve(mut reader: Reader, listen: Listen) -> Result<(), Box<dyn std::error::Error>> {
+pub(crate) async fn serve(
+    mut reader: Reader,
+    listen: Listen,
+) -> Result<(), Box<dyn std::error::Error>> {
     let snapshot = reader.ready().await?;
     tracing::info!(
         secrets = snapshot.len(),
