@@ -41,6 +41,23 @@ impl Update {
         self.rejected.insert(name, error);
     }
 
+    /// The names rejected by this update, with the reason.
+    pub fn rejected(&self) -> impl ExactSizeIterator<Item = (&SecretName, &Error)> {
+        self.rejected.iter()
+    }
+
+    /// The earliest `notBefore` among the certificates this update rejects as not valid yet:
+    /// the time at which a source should read them again, though nothing changed.
+    pub fn recheck_at(&self) -> Option<rustls_pki_types::UnixTime> {
+        self.rejected
+            .values()
+            .filter_map(|e| match e {
+                Error::NotYetValid { not_before, .. } => Some(*not_before),
+                _ => None,
+            })
+            .min()
+    }
+
     /// Number of valid secrets in this update.
     pub fn len(&self) -> usize {
         self.secrets.len()

@@ -56,9 +56,6 @@ pub(crate) struct Scan {
     pub(crate) rejected: usize,
     /// Entries that are not credentials, in path order.
     pub(crate) ignored: Vec<Ignored>,
-    /// The earliest time a rejected certificate becomes valid: nothing on disk changes then,
-    /// so the source reads again at that time by itself.
-    pub(crate) retry_at: Option<UnixTime>,
     /// Names given to a secret so far: the first directory to claim a name wins.
     claimed: BTreeSet<SecretName>,
 }
@@ -84,7 +81,6 @@ impl Scan {
             served: 0,
             rejected: 0,
             ignored: Vec::new(),
-            retry_at: None,
             claimed: BTreeSet::new(),
         };
         let mut credentials = BTreeMap::new();
@@ -144,10 +140,6 @@ impl Scan {
                     self.served += 1;
                 }
                 Err(error) => {
-                    if let sds_core::Error::NotYetValid { not_before, .. } = &error {
-                        let at = self.retry_at.map_or(*not_before, |at| at.min(*not_before));
-                        self.retry_at = Some(at);
-                    }
                     self.update.reject(name, error);
                     self.rejected += 1;
                 }

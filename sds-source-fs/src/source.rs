@@ -174,7 +174,9 @@ impl Reloader {
         match scan {
             Some(Ok(scan)) => {
                 self.log(&scan);
-                self.retry_at = scan.retry_at;
+                // Nothing on disk changes when a rejected certificate becomes valid: read
+                // again then.
+                self.retry_at = scan.update.recheck_at();
                 items.push(Ok(scan.update));
             }
             Some(Err(error)) => {

@@ -138,6 +138,7 @@ impl SecretSource for K8sSource {
             debounce: self.debounce,
             deadline: None,
             served: None,
+            recheck: None,
         };
         stream::unfold(run, |mut run| async move {
             let item = run.next().await?;
@@ -203,6 +204,9 @@ struct Run {
     deadline: Option<Instant>,
     /// Credential Secrets served and names rejected by the last update, to log only changes.
     served: Option<(usize, usize)>,
+    /// When a certificate rejected as not valid yet becomes valid: the Secrets are parsed
+    /// again then, though nothing changed in the cluster.
+    recheck: Option<Instant>,
 }
 
 // === impl Run ===
@@ -221,6 +225,11 @@ impl Run {
                         }
                     }
                 },
+                () = sleep_until(self.recheck.unwrap_or_else(Instant::now)), if self.recheck.is_some() => {
+                    self.recheck = None;
+                    tracing::debug!("parsing again: a rejected certificate's notBefore has passed");
+                    self.deadline.get_or_insert_with(Instant::now);
+                }
                 () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                     self.deadline = None;
                     // The first update waits for every namespace; each list's end wakes us.
@@ -250,6 +259,10 @@ impl Run {
             }
         }
         let update = self.store.update();
+        self.recheck = update.recheck_at().map(|at| {
+            let wait = at.as_secs().saturating_sub(UnixTime::now().as_secs());
+            Instant::now() + Duration::from_secs(wait.saturating_add(1))
+        });
         let served = (self.store.len(), update.len());
         if self.served != Some(served) {
             tracing::info!(

@@ -520,3 +520,30 @@ async fn a_burst_gives_one_update() {
     let snap = served(next(&mut stream).await.expect("an update"));
     assert_eq!(snap.len(), 90, "{:?}", names(&snap));
 }
+
+/// A certificate issued a moment "in the future" (clock skew between the issuer and this
+/// host) is rejected, then served once its notBefore passes, though the Secret never changes.
+#[tokio::test]
+async fn a_not_yet_valid_certificate_is_served_once_valid() {
+    use std::time::SystemTime;
+
+    let server = server().await;
+    let ca = Ca::new("example.com");
+    let now = SystemTime::now();
+    let soon = ca.issue(
+        &["soon.example.com"],
+        KeyKind::EcP256Pkcs8,
+        Validity::between(
+            now + Duration::from_secs(2),
+            now + Duration::from_secs(86_400),
+        ),
+    );
+    let mut p = publish(source(&server, Scope::Namespace(NS.into())).await).await;
+    server.create(tls(NS, "soon", &soon)).expect("created");
+    let snap = until(&mut p.reader, "the rejection", |s| s.rejected().len() > 0).await;
+    assert!(snap.get("soon").is_none(), "not valid yet: not served");
+    until(&mut p.reader, "served once valid", |s| {
+        serves_cert(s, "soon", &soon)
+    })
+    .await;
+}
