@@ -116,7 +116,11 @@ fn four_kib_credential() -> (SecretName, Arc<Secret>, usize) {
     let root = Ca::root("bench root", KeyKind::RsaPkcs8(2048), Validity::wide());
     let a = root.intermediate_with("intermediate a", KeyKind::RsaPkcs8(2048), Validity::wide());
     let b = a.intermediate_with("intermediate b", KeyKind::RsaPkcs8(2048), Validity::wide());
-    let leaf = b.issue(&["httpbin.example.com"], KeyKind::RsaPkcs8(2048), Validity::current());
+    let leaf = b.issue(
+        &["httpbin.example.com"],
+        KeyKind::RsaPkcs8(2048),
+        Validity::current(),
+    );
     let chain_len = leaf.chain_pem.len();
     (
         SecretName::new("httpbin-credential").expect("name"),
@@ -254,7 +258,9 @@ impl Fanout {
         tokio::spawn(driver);
         reader.ready().await.expect("ready");
         let sds = SdsService::new(reader);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(
             tonic::transport::Server::builder()
@@ -274,8 +280,7 @@ impl Fanout {
                         .expect("connect"),
                 );
             }
-            let mut client =
-                SecretDiscoveryServiceClient::new(channel.clone().expect("a channel"));
+            let mut client = SecretDiscoveryServiceClient::new(channel.clone().expect("a channel"));
             let (tx, rx) = mpsc::channel(4);
             tx.send(request("", "")).await.expect("send");
             let mut responses = client
