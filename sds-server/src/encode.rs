@@ -19,6 +19,7 @@ use sds_proto::{
     envoy::{
         config::core::v3::{DataSource, data_source::Specifier},
         extensions::transport_sockets::tls::v3 as tls,
+        service::discovery::v3::DiscoveryResponse,
     },
     google::protobuf::Any,
 };
@@ -29,10 +30,12 @@ use crate::session::SECRET_TYPE_URL;
 /// Encodes secrets into `Any`s, once per (name, version).
 ///
 /// An entry lives while its secret does: once no snapshot and no stream holds a secret
-/// (it was rotated or deleted), the next encode drops its bytes, key material included.
+/// (it was rotated or deleted), the next encode drops its bytes, key material included. A
+/// name can have several live versions at once (streams still catching up while the next
+/// rotation arrives); each is encoded once.
 #[derive(Default)]
 pub(crate) struct Encoder {
-    cache: Mutex<HashMap<SecretName, Entry>>,
+    cache: Mutex<HashMap<SecretName, Vec<Entry>>>,
     encodes: AtomicU64,
 }
 
@@ -40,35 +43,60 @@ struct Entry {
     version: Version,
     secret: Weak<Secret>,
     bytes: Bytes,
+    /// The state-of-the-world response fields for this secret alone (see
+    /// [`Encoder::sotw_fields`]), made with `bytes`.
+    sotw: Bytes,
 }
 
 impl Encoder {
     /// The `Any` carrying `secret` under `name`, from the cache when this version was encoded
     /// before. `None` for a kind of secret this server cannot encode.
     pub(crate) fn any(&self, name: &SecretName, secret: &Arc<Secret>) -> Option<Any> {
-        let version = secret.version();
-        let mut cache = self.cache.lock();
-        let value = match cache.get(name) {
-            Some(entry) if entry.version == version => entry.bytes.clone(),
-            _ => {
-                let bytes = encode_secret(name, secret)?;
-                self.encodes.fetch_add(1, Ordering::Relaxed);
-                cache.retain(|_, entry| entry.secret.strong_count() > 0);
-                cache.insert(
-                    name.clone(),
-                    Entry {
-                        version,
-                        secret: Arc::downgrade(secret),
-                        bytes: bytes.clone(),
-                    },
-                );
-                bytes
-            }
-        };
+        let value = self.entry(name, secret, |e| e.bytes.clone())?;
         Some(Any {
             type_url: SECRET_TYPE_URL.to_owned(),
             value,
         })
+    }
+
+    /// The fields of a state-of-the-world `DiscoveryResponse` that carries `secret` alone,
+    /// except the nonce: `version_info` (the secret's version), `resources` and `type_url`.
+    /// Every stream sends these same bytes, after its own nonce field.
+    pub(crate) fn sotw_fields(&self, name: &SecretName, secret: &Arc<Secret>) -> Option<Bytes> {
+        self.entry(name, secret, |e| e.sotw.clone())
+    }
+
+    /// Reads the cache entry of this version of `secret`, encoding it if needed.
+    fn entry<T>(
+        &self,
+        name: &SecretName,
+        secret: &Arc<Secret>,
+        read: impl FnOnce(&Entry) -> T,
+    ) -> Option<T> {
+        let version = secret.version();
+        let mut cache = self.cache.lock();
+        let cached = cache
+            .get(name)
+            .and_then(|versions| versions.iter().find(|e| e.version == version));
+        if let Some(entry) = cached {
+            return Some(read(entry));
+        }
+        let bytes = encode_secret(name, secret)?;
+        let sotw = encode_sotw_fields(version, &bytes);
+        self.encodes.fetch_add(1, Ordering::Relaxed);
+        cache.retain(|_, versions| {
+            versions.retain(|entry| entry.secret.strong_count() > 0);
+            !versions.is_empty()
+        });
+        let entry = Entry {
+            version,
+            secret: Arc::downgrade(secret),
+            bytes,
+            sotw,
+        };
+        let value = read(&entry);
+        cache.entry(name.clone()).or_default().push(entry);
+        Some(value)
     }
 
     /// How many encodes were performed so far.
@@ -96,7 +124,7 @@ impl AsRef<[u8]> for ZeroizingBytes {
     }
 }
 
-fn secret_bytes(bytes: Zeroizing<Vec<u8>>) -> Bytes {
+pub(crate) fn secret_bytes(bytes: Zeroizing<Vec<u8>>) -> Bytes {
     Bytes::from_owner(ZeroizingBytes(bytes))
 }
 
@@ -104,6 +132,25 @@ fn inline(bytes: Bytes) -> Option<DataSource> {
     Some(DataSource {
         specifier: Some(Specifier::InlineBytes(bytes)),
     })
+}
+
+/// `version_info`, `resources` (one `Any` holding `secret`) and `type_url` of a
+/// state-of-the-world `DiscoveryResponse`.
+fn encode_sotw_fields(version: Version, secret: &Bytes) -> Bytes {
+    let fields = DiscoveryResponse {
+        version_info: version.to_string(),
+        resources: vec![Any {
+            type_url: SECRET_TYPE_URL.to_owned(),
+            value: secret.clone(),
+        }],
+        canary: false,
+        type_url: SECRET_TYPE_URL.to_owned(),
+        // Empty, so not encoded: each stream writes its own.
+        nonce: String::new(),
+    };
+    let mut buf = Zeroizing::new(Vec::with_capacity(fields.encoded_len()));
+    fields.encode_raw(&mut *buf);
+    secret_bytes(buf)
 }
 
 /// Encodes `secret` as an `envoy.extensions.transport_sockets.tls.v3.Secret` named `name`.

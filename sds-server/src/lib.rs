@@ -30,9 +30,17 @@
 //! clients: any client that reaches it gets any secret it names, so serve it on a Unix socket
 //! or loopback address only its proxies can reach.
 
+#[doc(hidden)]
+pub mod __bench;
 mod encode;
 pub mod protocol;
+mod requests;
 mod service;
 mod session;
+mod shutdown;
+mod wire;
 
-pub use crate::service::{ResponseStream, SdsService, Stats};
+pub use crate::{
+    service::{ResponseStream, SdsService, Stats},
+    wire::SecretDiscoveryServer,
+};

@@ -18,6 +18,10 @@
 //!   `error_detail`) is logged with Envoy's message and counted; the rejected version is
 //!   never resent, and the next change is sent as usual. A request whose nonce is not the
 //!   latest one sent is stale and ignored.
+//! - The client's `Node` is read from the first request of a stream that carries one; the
+//!   `node` of later requests (Envoy repeats it on every request, ACKs included, some 61 KB
+//!   with its extension list) is skipped undecoded, as xDS allows
+//!   (`set_node_on_first_message_only`). Only `id`, `cluster` and `user_agent_name` are kept.
 //! - A requested secret that does not exist is held without an error: the stream stays open
 //!   and the secret is sent when it appears. Envoy's `initial_fetch_timeout` (15 s by default)
 //!   decides how long its listener waits for it.

@@ -19,19 +19,19 @@ use sds_proto::envoy::service::{
         DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
         Resource,
     },
-    secret::v3::secret_discovery_service_server::{
-        SecretDiscoveryService, SecretDiscoveryServiceServer,
-    },
+    secret::v3::secret_discovery_service_server::SecretDiscoveryService,
 };
-use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     encode::Encoder,
+    requests::Inbound,
     session::{
         Ack, Delta, DeltaRequest, DeltaResponse, MAX_NAMES_PER_STREAM, Refusal, Rejection,
         SECRET_TYPE_URL, Sotw, SotwRequest, SotwResponse, Subscriptions,
     },
+    shutdown::{Shutdown, Signal},
+    wire::SecretDiscoveryServer,
 };
 
 /// A stream of responses, as tonic wants it.
@@ -46,12 +46,12 @@ pub struct SdsService {
     inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     reader: Reader,
     encoder: Encoder,
     counters: Counters,
     /// Set once by [`SdsService::shutdown`]; every stream watches it.
-    shutdown: watch::Sender<bool>,
+    shutdown: Arc<Shutdown>,
 }
 
 #[derive(Default)]
@@ -86,7 +86,7 @@ impl SdsService {
                 reader,
                 encoder: Encoder::default(),
                 counters: Counters::default(),
-                shutdown: watch::Sender::new(false),
+                shutdown: Arc::default(),
             }),
         }
     }
@@ -98,12 +98,17 @@ impl SdsService {
     /// Call it from the shutdown future given to tonic:
     /// `serve_with_shutdown(addr, async { signal.await; sds.shutdown() })`.
     pub fn shutdown(&self) {
-        self.inner.shutdown.send_replace(true);
+        self.inner.shutdown.trigger();
     }
 
     /// The tonic service to add to a `tonic::transport::Server`.
-    pub fn into_server(self) -> SecretDiscoveryServiceServer<Self> {
-        SecretDiscoveryServiceServer::new(self)
+    ///
+    /// Its streams hold no codec buffers: requests are decoded from the HTTP/2 frames as they
+    /// arrive, and Envoy's `Node` only from the first request of a stream (see
+    /// [`SecretDiscoveryServer`]). `SecretDiscoveryServiceServer::new(sds)` serves the same
+    /// protocol through tonic's own codec.
+    pub fn into_server(self) -> SecretDiscoveryServer {
+        SecretDiscoveryServer::new(self)
     }
 
     /// A snapshot of the service's counters.
@@ -121,19 +126,16 @@ impl SdsService {
 }
 
 impl SdsService {
-    fn refuse_when_shutting_down(&self) -> Result<(), Status> {
-        if *self.inner.shutdown.borrow() {
+    pub(crate) fn inner(&self) -> Arc<Inner> {
+        Arc::clone(&self.inner)
+    }
+
+    pub(crate) fn refuse_when_shutting_down(&self) -> Result<(), Status> {
+        if self.inner.shutdown.is_down() {
             Err(shutting_down())
         } else {
             Ok(())
         }
-    }
-}
-
-/// Resolves once [`SdsService::shutdown`] was called (never if the service is gone).
-async fn shut_down(signal: &mut watch::Receiver<bool>) {
-    if signal.wait_for(|down| *down).await.is_err() {
-        future::pending::<()>().await;
     }
 }
 
@@ -165,7 +167,7 @@ impl SecretDiscoveryService for SdsService {
             request.into_inner(),
             Sotw::default(),
         );
-        Ok(Response::new(Box::pin(stream.run())))
+        Ok(Response::new(Box::pin(stream.run(IntoWire::into_wire))))
     }
 
     async fn delta_secrets(
@@ -178,7 +180,7 @@ impl SecretDiscoveryService for SdsService {
             request.into_inner(),
             Delta::default(),
         );
-        Ok(Response::new(Box::pin(stream.run())))
+        Ok(Response::new(Box::pin(stream.run(IntoWire::into_wire))))
     }
 
     async fn fetch_secrets(
@@ -255,7 +257,7 @@ fn refusal_status(refusal: Refusal) -> Status {
 }
 
 /// A session driven by one gRPC stream: the protocol-specific half of [`Pump`].
-trait Protocol: Send + 'static {
+pub(crate) trait Protocol: Send + 'static {
     type Request: Send + 'static;
     type Response: Send + 'static;
 
@@ -274,20 +276,18 @@ trait Protocol: Send + 'static {
 
 /// The per-stream pump: reads requests and secret changes, feeds the session, encodes its
 /// responses. Runs while tonic polls the response stream; ends when the client goes away.
-struct Pump<P: Protocol> {
+pub(crate) struct Pump<P: Protocol, I> {
     inner: Arc<Inner>,
-    inbound: Streaming<P::Request>,
+    inbound: I,
     session: P,
     watches: Watches,
     node: String,
-    shutdown: watch::Receiver<bool>,
+    /// Resolves on [`SdsService::shutdown`].
+    shutdown: Signal,
 }
 
-impl<P: Protocol> Pump<P>
-where
-    P::Response: IntoWire,
-{
-    fn new(inner: Arc<Inner>, inbound: Streaming<P::Request>, session: P) -> Self {
+impl<P: Protocol, I: Inbound<P::Request>> Pump<P, I> {
+    pub(crate) fn new(inner: Arc<Inner>, inbound: I, session: P) -> Self {
         inner
             .counters
             .streams_opened
@@ -296,7 +296,7 @@ where
             reader: inner.reader.clone(),
             map: BTreeMap::new(),
         };
-        let shutdown = inner.shutdown.subscribe();
+        let shutdown = inner.shutdown.signal();
         Self {
             inner,
             inbound,
@@ -307,11 +307,18 @@ where
         }
     }
 
-    fn run(self) -> impl Stream<Item = Result<<P::Response as IntoWire>::Wire, Status>> + Send {
-        futures_util::stream::unfold(Some(self), |pump| async move {
+    /// The stream of responses, each turned into what the transport sends by `wire`.
+    pub(crate) fn run<W: Send + 'static>(
+        self,
+        wire: fn(P::Response, &Encoder) -> W,
+    ) -> impl Stream<Item = Result<W, Status>> + Send {
+        futures_util::stream::unfold(Some(self), move |pump| async move {
             let mut pump = pump?;
             match pump.next().await {
-                Some(Ok(wire)) => Some((Ok(wire), Some(pump))),
+                Some(Ok(response)) => {
+                    let wire = wire(response, &pump.inner.encoder);
+                    Some((Ok(wire), Some(pump)))
+                }
                 // After an error the stream ends: no state is carried on.
                 Some(Err(status)) => Some((Err(status), None)),
                 None => None,
@@ -320,10 +327,11 @@ where
     }
 
     /// The next message for the client, or `None` when the stream is over.
-    async fn next(&mut self) -> Option<Result<<P::Response as IntoWire>::Wire, Status>> {
+    async fn next(&mut self) -> Option<Result<P::Response, Status>> {
         loop {
+            let skip_node = !self.node.is_empty();
             let response = tokio::select! {
-                message = self.inbound.message() => match message {
+                message = self.inbound.message(skip_node) => match message {
                     Ok(Some(req)) => match self.on_request(&req) {
                         Ok(response) => response,
                         Err(status) => return Some(Err(status)),
@@ -337,13 +345,14 @@ where
                         return None;
                     }
                 },
-                () = shut_down(&mut self.shutdown) => {
+                () = self.shutdown.down() => {
                     tracing::debug!(node = %self.node, "ending the stream: shutting down");
                     return Some(Err(shutting_down()));
                 }
-                changes = self.watches.changed() => {
-                    for (name, secret) in changes {
-                        self.session.on_change(&name, secret);
+                () = self.watches.changed() => {
+                    // The session ignores values it already has.
+                    for (name, watch) in self.watches.map.iter_mut() {
+                        self.session.on_change(name, watch.current());
                     }
                     self.session.take_response()
                 }
@@ -353,7 +362,7 @@ where
                     .counters
                     .responses
                     .fetch_add(1, Ordering::Relaxed);
-                return Some(Ok(response.into_wire(&self.inner.encoder)));
+                return Some(Ok(response));
             }
         }
     }
@@ -395,7 +404,7 @@ where
     }
 }
 
-impl<P: Protocol> Drop for Pump<P> {
+impl<P: Protocol, I> Drop for Pump<P, I> {
     fn drop(&mut self) {
         self.inner
             .counters
@@ -405,7 +414,7 @@ impl<P: Protocol> Drop for Pump<P> {
 }
 
 /// Turns a session response into its proto message.
-trait IntoWire {
+pub(crate) trait IntoWire {
     type Wire: Send + 'static;
     fn into_wire(self, encoder: &Encoder) -> Self::Wire;
 }
@@ -559,21 +568,19 @@ impl Subscriptions for Watches {
 }
 
 impl Watches {
-    /// Waits until at least one watched secret changed; returns the current value of every
-    /// watched secret that changed (or, with several watches, of all of them: the session
-    /// ignores values it already has).
-    async fn changed(&mut self) -> Vec<(SecretName, Option<Arc<Secret>>)> {
+    /// Waits until at least one watched secret changed; read them with
+    /// [`SecretWatch::current`].
+    async fn changed(&mut self) {
         match self.map.len() {
             0 => future::pending().await,
             1 => {
-                let Some((name, watch)) = self.map.iter_mut().next() else {
-                    return Vec::new();
+                let Some(watch) = self.map.values_mut().next() else {
+                    return;
                 };
                 if watch.changed().await.is_err() {
                     // The publisher is gone: nothing will ever change again.
                     future::pending::<()>().await;
                 }
-                vec![(name.clone(), watch.current())]
             }
             _ => {
                 let waits = self.map.values_mut().map(|w| {
@@ -585,10 +592,6 @@ impl Watches {
                     .boxed()
                 });
                 future::select_all(waits).await;
-                self.map
-                    .iter_mut()
-                    .map(|(name, watch)| (name.clone(), watch.current()))
-                    .collect()
             }
         }
     }

@@ -130,6 +130,34 @@ impl Nonces {
     }
 }
 
+/// `version` as `version_info`: what its `Display` writes (the first 16 bytes in lowercase
+/// hex), without the formatting machinery, once per response.
+fn version_info(version: Version) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(32);
+    for &b in &version.as_bytes()[..16] {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    out
+}
+
+/// Whether `nonce` is `n` as [`Nonces`] writes it (decimal), without allocating.
+fn is_nonce(nonce: &str, n: u64) -> bool {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    nonce.as_bytes() == &digits[at..]
+}
+
 /// One state-of-the-world stream (`StreamSecrets`).
 ///
 /// Rules (see the `protocol` docs module):
@@ -148,8 +176,9 @@ pub(crate) struct Sotw {
     /// What the last response carried.
     sent: BTreeMap<SecretName, Arc<Secret>>,
     nonces: Nonces,
-    last_nonce: Option<String>,
-    last_version: String,
+    /// The nonce of the last response (kept as its counter value), and its version.
+    last_nonce: Option<u64>,
+    last_version: Option<Version>,
     dirty: bool,
 }
 
@@ -163,11 +192,11 @@ impl Sotw {
         subs: &mut dyn Subscriptions,
     ) -> Result<(Ack, Option<SotwResponse>), Refusal> {
         check_type(req.type_url)?;
-        let ack = match (&self.last_nonce, req.response_nonce) {
+        let ack = match (self.last_nonce, req.response_nonce) {
             // A first request, or one that reconnects with state from another stream: the
             // nonce means nothing to us, so it is answered like a first request.
             (None, _) | (_, "") => Ack::None,
-            (Some(last), nonce) if last != nonce => {
+            (Some(last), nonce) if !is_nonce(nonce, last) => {
                 return Ok((
                     Ack::Stale {
                         nonce: nonce.to_owned(),
@@ -178,7 +207,7 @@ impl Sotw {
             (Some(_), nonce) => match &req.error_detail {
                 Some(rejection) => Ack::Nacked {
                     nonce: nonce.to_owned(),
-                    version: self.last_version.clone(),
+                    version: self.last_version.map(|v| v.to_string()).unwrap_or_default(),
                     rejection: rejection.clone(),
                 },
                 None => Ack::Acked {
@@ -193,23 +222,38 @@ impl Sotw {
                 "client reconnects holding a version"
             );
         }
-        let names = parse_names(req.resource_names)?;
-        for gone in self.names.difference(&names) {
-            subs.unsubscribe(gone);
-            self.current.remove(gone);
-            self.sent.remove(gone);
-        }
-        for added in names.difference(&self.names) {
-            if let Some(secret) = subs.subscribe(added) {
-                self.current.insert(added.clone(), secret);
-                self.dirty = true;
+        // An ACK names what the stream subscribes to already: nothing to parse or compare.
+        if !self.subscribes_exactly(req.resource_names) {
+            let names = parse_names(req.resource_names)?;
+            for gone in self.names.difference(&names) {
+                subs.unsubscribe(gone);
+                self.current.remove(gone);
+                self.sent.remove(gone);
             }
+            for added in names.difference(&self.names) {
+                if let Some(secret) = subs.subscribe(added) {
+                    self.current.insert(added.clone(), secret);
+                    self.dirty = true;
+                }
+            }
+            self.names = names;
         }
-        self.names = names;
         if first && !self.current.is_empty() {
             self.dirty = true;
         }
         Ok((ack, self.take_response()))
+    }
+
+    /// Whether `names` is exactly the set subscribed to now (checked for a few names only;
+    /// a longer list is parsed and compared as a set).
+    fn subscribes_exactly(&self, names: &[String]) -> bool {
+        names.len() == self.names.len()
+            && names.len() <= 8
+            && names.iter().all(|n| self.names.contains(n.as_str()))
+            && self
+                .names
+                .iter()
+                .all(|n| names.iter().any(|m| m == n.as_str()))
     }
 
     /// Records a change of a subscribed secret (`None`: removed at the source).
@@ -224,7 +268,12 @@ impl Sotw {
                     .get(name)
                     .is_none_or(|s| s.version() != secret.version());
                 self.dirty |= stale;
-                self.current.insert(name.clone(), secret);
+                match self.current.get_mut(name) {
+                    Some(current) => *current = secret,
+                    None => {
+                        self.current.insert(name.clone(), secret);
+                    }
+                }
             }
             None => {
                 self.current.remove(name);
@@ -238,8 +287,15 @@ impl Sotw {
             return None;
         }
         // Secrets removed at the source keep their last sent value (see the type's docs).
-        let mut resources = self.sent.clone();
-        resources.extend(self.current.iter().map(|(n, s)| (n.clone(), Arc::clone(s))));
+        let mut resources = std::mem::take(&mut self.sent);
+        for (name, secret) in &self.current {
+            match resources.get_mut(name) {
+                Some(held) => *held = Arc::clone(secret),
+                None => {
+                    resources.insert(name.clone(), Arc::clone(secret));
+                }
+            }
+        }
         resources.retain(|n, _| self.names.contains(n));
         if resources.is_empty() {
             return None;
@@ -252,13 +308,17 @@ impl Sotw {
             }
         };
         let nonce = self.nonces.next();
-        self.last_nonce = Some(nonce.clone());
-        self.last_version = version.to_string();
-        self.sent = resources.clone();
+        self.last_nonce = Some(self.nonces.0);
+        self.last_version = Some(version);
+        let carried = resources
+            .iter()
+            .map(|(n, s)| (n.clone(), Arc::clone(s)))
+            .collect();
+        self.sent = resources;
         Some(SotwResponse {
-            version_info: self.last_version.clone(),
+            version_info: version_info(version),
             nonce,
-            resources: resources.into_iter().collect(),
+            resources: carried,
         })
     }
 
@@ -420,3 +480,17 @@ impl Delta {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod version_info_tests {
+    use sds_core::Version;
+
+    #[test]
+    fn version_info_is_what_display_writes() {
+        let mut version = Version::combine([]);
+        for _ in 0..8 {
+            assert_eq!(super::version_info(version), version.to_string());
+            version = Version::combine([&version]);
+        }
+    }
+}
