@@ -119,19 +119,21 @@ struct Args {
 /// One wait (a rotation to arrive, streams to open) gives up after this long.
 const STEP_LIMIT: Duration = Duration::from_secs(60);
 
+impl Args {
+    /// The server's HTTP/2 settings.
+    fn http2(&self) -> serve::Http2 {
+        serve::Http2 {
+            max_streams: self.max_streams,
+            stream_window: self.stream_window,
+            connection_window: self.connection_window,
+        }
+    }
+}
+
 fn main() {
     let args = Args::parse();
     if let Some(kind) = args.serve {
-        serve::main(
-            kind,
-            args.k,
-            &serve::Http2 {
-                max_streams: args.max_streams,
-                stream_window: args.stream_window,
-                connection_window: args.connection_window,
-            },
-            args.server_workers,
-        );
+        serve::main(kind, args.k, &args.http2(), args.server_workers);
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.client_workers)
@@ -213,16 +215,7 @@ async fn measure(
     let mut failed = Vec::new();
     for &kind in &args.servers {
         let mut trial = report::Trial::new(kind, n, node);
-        match Server::spawn(
-            kind,
-            args.k,
-            &serve::Http2 {
-                max_streams: args.max_streams,
-                stream_window: args.stream_window,
-                connection_window: args.connection_window,
-            },
-            args.server_workers,
-        ) {
+        match Server::spawn(kind, args.k, &args.http2(), args.server_workers) {
             Ok(server) => sides.push(Side {
                 server,
                 channels: Vec::new(),

@@ -344,8 +344,23 @@ pub(crate) struct Delta {
     owed: BTreeMap<SecretName, Option<Arc<Secret>>>,
     nonces: Nonces,
     /// Responses not yet acknowledged (nonce, what they carried), oldest first, for NACK
-    /// reports and stale-nonce detection.
-    in_flight: VecDeque<(String, String)>,
+    /// reports and stale-nonce detection. Described in words only when a NACK is reported.
+    in_flight: VecDeque<(String, Carried)>,
+}
+
+/// What one delta response carried: each name with the version sent, or `None` if removed.
+type Carried = Vec<(SecretName, Option<Version>)>;
+
+/// `name@version,...,-removed` for a NACK report.
+fn describe(carried: &Carried) -> String {
+    carried
+        .iter()
+        .map(|(n, v)| match v {
+            Some(v) => format!("{n}@{v}"),
+            None => format!("-{n}"),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 // === impl Delta ===
@@ -373,10 +388,10 @@ impl Delta {
                 None => Ack::Stale {
                     nonce: req.response_nonce.to_owned(),
                 },
-                Some(version) => match &req.error_detail {
+                Some(carried) => match &req.error_detail {
                     Some(rejection) => Ack::Nacked {
                         nonce: req.response_nonce.to_owned(),
-                        version,
+                        version: describe(&carried),
                         rejection: rejection.clone(),
                     },
                     None => Ack::Acked {
@@ -454,13 +469,12 @@ impl Delta {
             }
         }
         let nonce = self.nonces.next();
-        let summary = resources
+        let carried = resources
             .iter()
-            .map(|(n, s)| format!("{n}@{}", s.version()))
-            .chain(removed.iter().map(|n| format!("-{n}")))
-            .collect::<Vec<_>>()
-            .join(",");
-        self.in_flight.push_back((nonce.clone(), summary));
+            .map(|(n, s)| (n.clone(), Some(s.version())))
+            .chain(removed.iter().map(|n| (n.clone(), None)))
+            .collect();
+        self.in_flight.push_back((nonce.clone(), carried));
         // A client that never answers must not grow this without bound.
         if self.in_flight.len() > 64 {
             self.in_flight.pop_front();
