@@ -7,7 +7,10 @@ use std::{
     time::Duration,
 };
 
-use sds::{core::Reader, server::SdsService};
+use sds::{
+    core::Reader,
+    server::{Limits, SdsService, connections},
+};
 use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tracing_subscriber::EnvFilter;
@@ -73,7 +76,9 @@ pub(crate) async fn serve(
     let sds = SdsService::new(reader);
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .max_concurrent_streams(Limits::MAX_CONCURRENT_STREAMS)
         .add_service(sds.clone().into_server());
+    let guard = connections::ConnectionLimits::default();
     // On SIGINT/SIGTERM: end every SDS stream (Envoy keeps its secrets and reconnects), then
     // let tonic drain the connections.
     let stop = {
@@ -86,17 +91,23 @@ pub(crate) async fn serve(
 
     let served = match listen {
         Listen::Tcp(addr) => {
-            let listener = TcpListener::bind(addr).await?;
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
             tracing::info!(address = %listener.local_addr()?, "listening (TCP)");
-            drain(server.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)).await
+            let incoming = connections::guard(TcpListenerStream::new(listener), guard);
+            drain(server.serve_with_incoming_shutdown(incoming, stop)).await
         }
         Listen::Unix(path) => {
-            remove_stale_socket(&path).await?;
-            let listener = UnixListener::bind(&path)?;
-            tracing::info!(path = %path.display(), "listening (Unix socket)");
-            let served =
-                drain(server.serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop))
-                    .await;
+            let shown = path.display();
+            remove_stale_socket(&path)
+                .await
+                .map_err(|e| format!("cannot listen on unix:{shown}: {e}"))?;
+            let listener = UnixListener::bind(&path)
+                .map_err(|e| format!("cannot listen on unix:{shown}: {e}"))?;
+            tracing::info!(path = %shown, "listening (Unix socket)");
+            let incoming = connections::guard(UnixListenerStream::new(listener), guard);
+            let served = drain(server.serve_with_incoming_shutdown(incoming, stop)).await;
             let _ = std::fs::remove_file(&path);
             served
         }

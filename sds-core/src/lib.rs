@@ -43,6 +43,7 @@ mod publish;
 mod secret;
 mod snapshot;
 mod source;
+mod untrusted;
 mod version;
 mod x509;
 
@@ -56,6 +57,7 @@ pub use crate::{
     },
     snapshot::{Snapshot, Update},
     source::{FromStream, SecretSource, from_stream},
+    untrusted::Untrusted,
     version::Version,
 };
 

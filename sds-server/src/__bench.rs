@@ -50,7 +50,10 @@ impl Encoded {
 /// a stream does, skipping the `node` undecoded if `skip_node` (every request after a
 /// stream's first).
 pub fn decode_request(frames: &[Bytes], skip_node: bool) -> Option<DiscoveryRequest> {
-    let mut filter = Filter::new(DiscoveryRequest::NODE);
+    let mut filter = Filter::new(
+        &DiscoveryRequest::SCHEMA,
+        crate::Limits::default().max_kept_per_request(),
+    );
     for frame in frames {
         let mut data = frame.clone();
         if let Some(kept) = filter.feed(&mut data, skip_node).ok()? {

@@ -27,28 +27,61 @@ use prost::{
 use sds_proto::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use tonic::{Status, body::Body};
 
-/// The largest request accepted, as tonic's default (4 MiB).
+/// The largest request accepted, as tonic's default (4 MiB). Only the fields a stream keeps
+/// are held in memory (see [`Filter`]); the rest is skipped as it arrives.
 const MAX_REQUEST: usize = 4 * 1024 * 1024;
 
 /// gRPC's message prefix: a compression flag and a big-endian length.
 const PREFIX: usize = 5;
 
+/// Longest NACK message kept from a request; a longer one is replaced by a note of its length.
+pub(crate) const MAX_NACK_MESSAGE: usize = 1024;
+
+/// Which fields of a request type are kept: every other field is skipped undecoded, so that
+/// fields unknown to our schema (or to this version of the protocol) cost nothing.
+#[derive(Debug)]
+pub(crate) struct Schema {
+    /// Top-level fields copied whole.
+    kept: &'static [u32],
+    /// `node`: only [`NODE_FIELDS`] of it are kept, and it may be skipped whole.
+    node: u32,
+    /// `error_detail` (`google.rpc.Status`): only `code` and `message` are kept, and a message
+    /// longer than [`MAX_NACK_MESSAGE`] is replaced by a note of its length.
+    error_detail: u32,
+}
+
 /// The fields of `envoy.config.core.v3.Node` that our trimmed schema has: `id`, `cluster`,
 /// `user_agent_name`. Only these are kept from a client's `Node`.
-const NODE_FIELDS: [u32; 3] = [1, 2, 6];
+const NODE_FIELDS: &[u32] = &[1, 2, 6];
+
+/// The fields of `google.rpc.Status` kept from a NACK: `code`, `message` (not `details`).
+const STATUS_FIELDS: &[u32] = &[1, 2];
+/// `google.rpc.Status.message`.
+const STATUS_MESSAGE: u32 = 2;
 
 /// A request type that carries a `Node`.
 pub(crate) trait Decode: Message + Default + Send + 'static {
-    /// The field number of `node`.
-    const NODE: u32;
+    /// What [`Filter`] keeps of it.
+    const SCHEMA: Schema;
 }
 
 impl Decode for DiscoveryRequest {
-    const NODE: u32 = 2;
+    // version_info, resource_names, type_url, response_nonce.
+    const SCHEMA: Schema = Schema {
+        kept: &[1, 3, 4, 5],
+        node: 2,
+        error_detail: 6,
+    };
 }
 
 impl Decode for DeltaDiscoveryRequest {
-    const NODE: u32 = 1;
+    // type_url, resource_names_subscribe, resource_names_unsubscribe,
+    // initial_resource_versions, response_nonce.
+    const SCHEMA: Schema = Schema {
+        kept: &[2, 3, 4, 5, 6],
+        node: 1,
+        error_detail: 7,
+    };
 }
 
 /// Where a [`Pump`](crate::service::Pump) reads requests from.
@@ -81,11 +114,12 @@ pub(crate) struct Requests<T> {
 }
 
 impl<T: Decode> Requests<T> {
-    pub(crate) fn new(body: Body) -> Self {
+    /// Reads requests from `body`, keeping at most `max_kept` bytes of any one request.
+    pub(crate) fn new(body: Body, max_kept: usize) -> Self {
         Self {
             body,
             pending: Bytes::new(),
-            filter: Filter::new(T::NODE),
+            filter: Filter::new(&T::SCHEMA, max_kept),
             ended: false,
             _message: PhantomData,
         }
@@ -102,8 +136,8 @@ impl<T: Decode> Inbound<T> for Requests<T> {
                     self.pending = Bytes::new();
                 }
                 if let Some(kept) = kept {
-                    let request = T::decode(kept.as_slice())
-                        .map_err(|e| Status::internal(format!("cannot decode the request: {e}")))?;
+                    let request =
+                        T::decode(kept.as_slice()).map_err(|e| malformed(&e.to_string()))?;
                     return Ok(Some(request));
                 }
                 continue;
@@ -112,9 +146,7 @@ impl<T: Decode> Inbound<T> for Requests<T> {
                 return if self.filter.between_messages() {
                     Ok(None)
                 } else {
-                    Err(Status::internal(
-                        "the request stream ended inside a message",
-                    ))
+                    Err(malformed("the request stream ended inside a message"))
                 };
             }
             let frame =
@@ -134,23 +166,34 @@ impl<T: Decode> Inbound<T> for Requests<T> {
 
 // === Filter ===
 
-/// Reads gRPC messages from a byte stream in any slicing, keeping the bytes of every field but
-/// `node` (skipped, or reduced to [`NODE_FIELDS`]), so that a message can be decoded from a
-/// small copy once complete.
+/// Reads gRPC messages from a byte stream in any slicing, keeping only the fields of its
+/// [`Schema`] (`node` and `error_detail` reduced to the fields we use, or `node` skipped), so
+/// that a message can be decoded from a small copy once complete. At most `max_kept` bytes of
+/// one message are kept: a request that would keep more is refused, whatever its size.
 #[derive(Debug)]
 pub(crate) struct Filter {
-    node_tag: u32,
+    schema: &'static Schema,
+    max_kept: usize,
     step: Step,
     /// The current message's fields, as kept.
     kept: Vec<u8>,
-    /// The current `node`'s kept fields, while inside it.
-    node: Vec<u8>,
     /// Bytes left in the current message.
     message_left: usize,
-    /// Bytes left in the current `node` field, while inside it.
-    node_left: Option<usize>,
+    /// The filtered sub-message being read (`node` or `error_detail`), if inside one.
+    inner: Option<Inner>,
     /// Whether this message's `node` is skipped (latched at its start).
     skip_node: bool,
+}
+
+/// A sub-message whose fields are filtered too.
+#[derive(Debug)]
+struct Inner {
+    tag: u32,
+    fields: &'static [u32],
+    /// Bytes left in it.
+    left: usize,
+    /// Its kept fields.
+    kept: Vec<u8>,
 }
 
 #[derive(Debug)]
@@ -165,6 +208,11 @@ enum Step {
     Skip(usize),
 }
 
+const HEADER: Step = Step::Header {
+    buf: [0; 20],
+    filled: 0,
+};
+
 /// What a complete field header says.
 struct Header {
     tag: u32,
@@ -176,17 +224,17 @@ struct Header {
 }
 
 impl Filter {
-    pub(crate) fn new(node_tag: u32) -> Self {
+    pub(crate) fn new(schema: &'static Schema, max_kept: usize) -> Self {
         Self {
-            node_tag,
+            schema,
+            max_kept,
             step: Step::Prefix {
                 buf: [0; PREFIX],
                 filled: 0,
             },
             kept: Vec::new(),
-            node: Vec::new(),
             message_left: 0,
-            node_left: None,
+            inner: None,
             skip_node: false,
         }
     }
@@ -209,7 +257,7 @@ impl Filter {
                     return Ok(None);
                 }
             } else {
-                let level_left = self.node_left.unwrap_or(self.message_left);
+                let level_left = self.level_left();
                 let copy = matches!(self.step, Step::Copy(_));
                 match &mut self.step {
                     Step::Prefix { .. } => unreachable!("handled above"),
@@ -222,21 +270,19 @@ impl Filter {
                             let window = &data[..data.len().min(20).min(level_left)];
                             if let Some(header) = parse_header(window)? {
                                 let whole = header.size + header.len;
-                                let skipped_in_node =
-                                    self.node_left.is_some() && !NODE_FIELDS.contains(&header.tag);
-                                if skipped_in_node && whole <= data.len() && whole <= level_left {
+                                if !self.keeps(&header)
+                                    && whole <= data.len()
+                                    && whole <= level_left
+                                {
                                     // Envoy's extension list: hundreds of these in a row.
                                     data.advance(whole);
                                     self.consumed(whole);
-                                    if let Some(kept) = self.end_of_field() {
-                                        return Ok(Some(kept));
-                                    }
-                                    continue;
+                                } else {
+                                    let mut raw = [0u8; 20];
+                                    let raw = &mut raw[..header.size];
+                                    data.copy_to_slice(raw);
+                                    self.on_header(raw, header)?;
                                 }
-                                let mut raw = [0u8; 20];
-                                let raw = &mut raw[..header.size];
-                                data.copy_to_slice(raw);
-                                self.on_header(raw, header)?;
                                 if let Some(kept) = self.end_of_field() {
                                     return Ok(Some(kept));
                                 }
@@ -265,20 +311,12 @@ impl Filter {
                         *n -= take;
                         let done = *n == 0;
                         if copy {
-                            let target = if self.node_left.is_some() {
-                                &mut self.node
-                            } else {
-                                &mut self.kept
-                            };
-                            target.extend_from_slice(&data[..take]);
+                            self.keep(&data[..take])?;
                         }
                         data.advance(take);
                         self.consumed(take);
                         if done {
-                            self.step = Step::Header {
-                                buf: [0; 20],
-                                filled: 0,
-                            };
+                            self.step = HEADER;
                         }
                     }
                 }
@@ -287,6 +325,40 @@ impl Filter {
                 return Ok(Some(kept));
             }
         }
+    }
+
+    /// Bytes left at the current level: in the sub-message if inside one, else the message.
+    fn level_left(&self) -> usize {
+        self.inner.as_ref().map_or(self.message_left, |i| i.left)
+    }
+
+    /// Whether a field with this header is kept (copied, or entered to filter its fields).
+    fn keeps(&self, header: &Header) -> bool {
+        match &self.inner {
+            Some(inner) => inner.fields.contains(&header.tag),
+            None => {
+                header.tag == self.schema.error_detail
+                    || (header.tag == self.schema.node && !self.skip_node)
+                    || self.schema.kept.contains(&header.tag)
+            }
+        }
+    }
+
+    /// Appends kept bytes to the current level, within the limit.
+    fn keep(&mut self, bytes: &[u8]) -> Result<(), Status> {
+        let inner_len = self.inner.as_ref().map_or(0, |i| i.kept.len());
+        if self.kept.len() + inner_len + bytes.len() > self.max_kept {
+            return Err(Status::resource_exhausted(format!(
+                "a request carries more than {} bytes of resource names and other fields; \
+                 subscribe to fewer or shorter names per stream",
+                self.max_kept
+            )));
+        }
+        match self.inner.as_mut() {
+            Some(inner) => inner.kept.extend_from_slice(bytes),
+            None => self.kept.extend_from_slice(bytes),
+        }
+        Ok(())
     }
 
     /// Reads prefix bytes; true once the message's fields start.
@@ -315,82 +387,87 @@ impl Filter {
         }
         let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
         if len > MAX_REQUEST {
-            return Err(Status::out_of_range(format!(
+            return Err(Status::resource_exhausted(format!(
                 "request of {len} bytes; the limit is {MAX_REQUEST} bytes"
             )));
         }
         self.message_left = len;
         self.skip_node = skip_node;
-        self.kept = Vec::with_capacity(256);
-        self.step = Step::Header {
-            buf: [0; 20],
-            filled: 0,
-        };
+        self.kept = Vec::with_capacity(256.min(self.max_kept));
+        self.step = HEADER;
         Ok(true)
     }
 
     /// Decides what to do with the field whose header (`raw`) was just read.
     fn on_header(&mut self, raw: &[u8], header: Header) -> Result<(), Status> {
-        let level_left = self.node_left.unwrap_or(self.message_left);
-        if header.size + header.len > level_left {
+        if header.size + header.len > self.level_left() {
             return Err(malformed("a field runs past the end of its message"));
         }
         self.consumed(header.size);
         let len_delimited = header.wire_type == WireType::LengthDelimited as u8;
-        self.step = match self.node_left {
-            None if header.tag == self.node_tag && len_delimited => {
-                if self.skip_node {
-                    Step::Skip(header.len)
-                } else {
-                    // Into the node: keep only the fields our schema has.
-                    self.node_left = Some(header.len);
-                    self.node.clear();
-                    Step::Header {
-                        buf: [0; 20],
-                        filled: 0,
-                    }
-                }
+        self.step = match &self.inner {
+            None if len_delimited && self.keeps(&header) && header.tag == self.schema.node => {
+                self.enter(header.tag, NODE_FIELDS, header.len)
             }
-            None => {
-                self.kept.extend_from_slice(raw);
+            None if len_delimited && header.tag == self.schema.error_detail => {
+                self.enter(header.tag, STATUS_FIELDS, header.len)
+            }
+            Some(inner)
+                if inner.tag == self.schema.error_detail
+                    && header.tag == STATUS_MESSAGE
+                    && header.len > MAX_NACK_MESSAGE =>
+            {
+                // Keep a note instead of a client's long text.
+                let note = format!("({} bytes, not kept)", header.len);
+                let mut field = Vec::with_capacity(note.len() + 3);
+                encode_key(STATUS_MESSAGE, WireType::LengthDelimited, &mut field);
+                encode_varint(note.len() as u64, &mut field);
+                field.extend_from_slice(note.as_bytes());
+                self.keep(&field)?;
+                Step::Skip(header.len)
+            }
+            _ if self.keeps(&header) => {
+                self.keep(raw)?;
                 Step::Copy(header.len)
             }
-            Some(_) if NODE_FIELDS.contains(&header.tag) => {
-                self.node.extend_from_slice(raw);
-                Step::Copy(header.len)
-            }
-            Some(_) => Step::Skip(header.len),
+            _ => Step::Skip(header.len),
         };
         if header.len == 0 {
-            self.step = Step::Header {
-                buf: [0; 20],
-                filled: 0,
-            };
+            self.step = HEADER;
         }
         Ok(())
     }
 
+    /// Enters a sub-message whose fields are filtered.
+    fn enter(&mut self, tag: u32, fields: &'static [u32], len: usize) -> Step {
+        self.inner = Some(Inner {
+            tag,
+            fields,
+            left: len,
+            kept: Vec::new(),
+        });
+        HEADER
+    }
+
     fn consumed(&mut self, n: usize) {
         self.message_left -= n;
-        if let Some(left) = self.node_left.as_mut() {
-            *left -= n;
+        if let Some(inner) = self.inner.as_mut() {
+            inner.left -= n;
         }
     }
 
-    /// After a step: closes the node and the message when their bytes are all read.
+    /// After a step: closes the sub-message and the message when their bytes are all read.
     fn end_of_field(&mut self) -> Option<Vec<u8>> {
-        let at_boundary = matches!(self.step, Step::Header { filled: 0, .. });
-        if !at_boundary {
+        if !matches!(self.step, Step::Header { filled: 0, .. }) {
             return None;
         }
-        if self.node_left == Some(0) {
-            self.node_left = None;
-            encode_key(self.node_tag, WireType::LengthDelimited, &mut self.kept);
-            encode_varint(self.node.len() as u64, &mut self.kept);
-            self.kept.extend_from_slice(&self.node);
-            self.node = Vec::new();
+        if let Some(inner) = self.inner.take_if(|i| i.left == 0) {
+            // Within the limit: its bytes were counted as they were kept.
+            encode_key(inner.tag, WireType::LengthDelimited, &mut self.kept);
+            encode_varint(inner.kept.len() as u64, &mut self.kept);
+            self.kept.extend_from_slice(&inner.kept);
         }
-        if self.message_left == 0 && self.node_left.is_none() {
+        if self.message_left == 0 && self.inner.is_none() {
             self.step = Step::Prefix {
                 buf: [0; PREFIX],
                 filled: 0,

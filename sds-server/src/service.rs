@@ -9,11 +9,12 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
+    time::Instant,
 };
 
 use futures_core::Stream;
 use futures_util::{FutureExt, future};
-use sds_core::{Reader, Secret, SecretName, SecretWatch};
+use sds_core::{Reader, Secret, SecretName, SecretWatch, Untrusted};
 use sds_proto::envoy::service::{
     discovery::v3::{
         DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
@@ -24,11 +25,13 @@ use sds_proto::envoy::service::{
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
+    Limits,
     encode::Encoder,
+    limits::{Budget, Exceeded},
     requests::Inbound,
     session::{
-        Ack, Delta, DeltaRequest, DeltaResponse, MAX_NAMES_PER_STREAM, Refusal, Rejection,
-        SECRET_TYPE_URL, Sotw, SotwRequest, SotwResponse, Subscriptions,
+        Ack, Delta, DeltaRequest, DeltaResponse, Refusal, Rejection, SECRET_TYPE_URL, SHOWN_CHARS,
+        Sotw, SotwRequest, SotwResponse, StreamLimits, Subscriptions, check_type, parse_names,
     },
     shutdown::{Shutdown, Signal},
     wire::SecretDiscoveryServer,
@@ -50,6 +53,9 @@ pub(crate) struct Inner {
     reader: Reader,
     encoder: Encoder,
     counters: Counters,
+    pub(crate) limits: Limits,
+    /// The subscriptions all streams hold, against `limits`.
+    budget: Budget,
     /// Set once by [`SdsService::shutdown`]; every stream watches it.
     shutdown: Arc<Shutdown>,
 }
@@ -60,6 +66,7 @@ struct Counters {
     streams_closed: AtomicU64,
     responses: AtomicU64,
     nacks: AtomicU64,
+    refused: AtomicU64,
 }
 
 /// Counters of a running [`SdsService`].
@@ -74,21 +81,38 @@ pub struct Stats {
     pub encodes: u64,
     /// NACKs received.
     pub nacks: u64,
+    /// Subscriptions (a name on a stream) held by all streams now.
+    pub subscriptions: u64,
+    /// Requests refused: invalid names or types, and clients over a [`Limits`] bound.
+    pub refused: u64,
 }
 
 // === impl SdsService ===
 
 impl SdsService {
-    /// Serves the snapshots published to `reader`. Streams wait for the first snapshot.
+    /// Serves the snapshots published to `reader`, with the default [`Limits`]. Streams wait
+    /// for the first snapshot.
     pub fn new(reader: Reader) -> Self {
+        Self::with_limits(reader, Limits::default())
+    }
+
+    /// Serves the snapshots published to `reader`, holding every client to `limits`.
+    pub fn with_limits(reader: Reader, limits: Limits) -> Self {
         Self {
             inner: Arc::new(Inner {
                 reader,
                 encoder: Encoder::default(),
                 counters: Counters::default(),
+                limits,
+                budget: Budget::default(),
                 shutdown: Arc::default(),
             }),
         }
+    }
+
+    /// The limits this service holds clients to.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
     }
 
     /// Ends every open stream with `UNAVAILABLE` and refuses new ones, so that a graceful
@@ -105,8 +129,8 @@ impl SdsService {
     ///
     /// Its streams hold no codec buffers: requests are decoded from the HTTP/2 frames as they
     /// arrive, and Envoy's `Node` only from the first request of a stream (see
-    /// [`SecretDiscoveryServer`]). `SecretDiscoveryServiceServer::new(sds)` serves the same
-    /// protocol through tonic's own codec.
+    /// [`SecretDiscoveryServer`]). This is the only way to serve the streaming methods: they
+    /// are what enforces the per-stream [`Limits`].
     pub fn into_server(self) -> SecretDiscoveryServer {
         SecretDiscoveryServer::new(self)
     }
@@ -121,6 +145,8 @@ impl SdsService {
             responses: c.responses.load(Ordering::Relaxed),
             encodes: self.inner.encoder.encodes(),
             nacks: c.nacks.load(Ordering::Relaxed),
+            subscriptions: self.inner.budget.names() as u64,
+            refused: c.refused.load(Ordering::Relaxed),
         }
     }
 }
@@ -152,35 +178,29 @@ impl fmt::Debug for SdsService {
     }
 }
 
+/// Most missing names a `FetchSecrets` error lists; the others are counted.
+const MAX_NAMES_SHOWN: usize = 10;
+
 #[tonic::async_trait]
 impl SecretDiscoveryService for SdsService {
     type StreamSecretsStream = ResponseStream<DiscoveryResponse>;
     type DeltaSecretsStream = ResponseStream<DeltaDiscoveryResponse>;
 
+    /// Not served through tonic's codec: [`SdsService::into_server`] serves the stream itself,
+    /// within the per-stream [`Limits`].
     async fn stream_secrets(
         &self,
-        request: Request<Streaming<DiscoveryRequest>>,
+        _request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamSecretsStream>, Status> {
-        self.refuse_when_shutting_down()?;
-        let stream = Pump::new(
-            Arc::clone(&self.inner),
-            request.into_inner(),
-            Sotw::default(),
-        );
-        Ok(Response::new(Box::pin(stream.run(IntoWire::into_wire))))
+        Err(not_through_codec())
     }
 
+    /// Not served through tonic's codec: see [`SdsService::into_server`].
     async fn delta_secrets(
         &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
+        _request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaSecretsStream>, Status> {
-        self.refuse_when_shutting_down()?;
-        let stream = Pump::new(
-            Arc::clone(&self.inner),
-            request.into_inner(),
-            Delta::default(),
-        );
-        Ok(Response::new(Box::pin(stream.run(IntoWire::into_wire))))
+        Err(not_through_codec())
     }
 
     async fn fetch_secrets(
@@ -188,8 +208,17 @@ impl SecretDiscoveryService for SdsService {
         request: Request<DiscoveryRequest>,
     ) -> Result<Response<DiscoveryResponse>, Status> {
         let req = request.into_inner();
-        if !req.type_url.is_empty() && req.type_url != SECRET_TYPE_URL {
-            return Err(refusal_status(Refusal::WrongType(req.type_url)));
+        let limits = StreamLimits {
+            names: self.inner.limits.names_per_stream,
+            name_bytes: self.inner.limits.name_bytes_per_stream,
+        };
+        let names = check_type(&req.type_url)
+            .and_then(|()| parse_names(&req.resource_names, &limits))
+            .map_err(|refusal| self.refuse(refusal))?;
+        if names.is_empty() {
+            return Err(Status::invalid_argument(
+                "name at least one secret in resource_names",
+            ));
         }
         let snapshot = self
             .inner
@@ -199,27 +228,19 @@ impl SecretDiscoveryService for SdsService {
         let mut resources = Vec::new();
         let mut missing = Vec::new();
         let mut versions = Vec::new();
-        let names: std::collections::BTreeSet<&String> = req.resource_names.iter().collect();
-        if names.is_empty() {
-            return Err(Status::invalid_argument(
-                "name at least one secret in resource_names",
-            ));
-        }
-        for name in names {
-            match snapshot.get(name) {
+        for name in &names {
+            match snapshot.get(name.as_str()) {
                 Some(secret) => {
-                    let name = SecretName::new(name)
-                        .map_err(|_| refusal_status(Refusal::InvalidName(name.clone())))?;
-                    resources.extend(self.inner.encoder.any(&name, secret));
+                    resources.extend(self.inner.encoder.any(name, secret));
                     versions.push(secret.version());
                 }
-                None => missing.push(name.as_str()),
+                None => missing.push(name),
             }
         }
         if resources.is_empty() {
             return Err(Status::not_found(format!(
                 "no such secret: {}",
-                missing.join(", ")
+                names_for_log(missing.into_iter())
             )));
         }
         self.inner
@@ -240,18 +261,69 @@ impl SecretDiscoveryService for SdsService {
     }
 }
 
-/// Maps a refused request to the status that ends its stream.
+fn not_through_codec() -> Status {
+    Status::unimplemented(
+        "serve SdsService with SdsService::into_server(): its streams are not served \
+         through tonic's codec",
+    )
+}
+
+impl SdsService {
+    fn refuse(&self, refusal: Refusal) -> Status {
+        self.inner.refuse(refusal)
+    }
+}
+
+impl Inner {
+    /// Counts a refused request and maps it to its status.
+    fn refuse(&self, refusal: Refusal) -> Status {
+        self.counters.refused.fetch_add(1, Ordering::Relaxed);
+        refusal_status(refusal)
+    }
+}
+
+/// Names for a log line or an error: the first [`MAX_NAMES_SHOWN`], then how many more.
+fn names_for_log<'a>(names: impl Iterator<Item = &'a SecretName>) -> String {
+    let mut out = String::new();
+    let mut more = 0usize;
+    for (i, name) in names.enumerate() {
+        if i >= MAX_NAMES_SHOWN {
+            more += 1;
+            continue;
+        }
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(name.as_str());
+    }
+    if more > 0 {
+        out.push_str(&format!(" and {more} more"));
+    }
+    out
+}
+
+/// Maps a refused request to the status that ends its stream. Every text in it that came
+/// from the client is escaped and cut short already (see [`Refusal`]).
 fn refusal_status(refusal: Refusal) -> Status {
     match refusal {
         Refusal::WrongType(type_url) => Status::invalid_argument(format!(
-            "this server only serves {SECRET_TYPE_URL}, not {type_url}"
+            "this server only serves {SECRET_TYPE_URL}, not \"{type_url}\""
         )),
-        Refusal::InvalidName(name) => {
-            let shown: String = name.chars().take(128).collect();
-            Status::invalid_argument(format!("invalid secret name \"{shown}\""))
+        Refusal::InvalidName { shown, problem } => {
+            Status::invalid_argument(format!("invalid secret name \"{shown}\": {problem}"))
         }
-        Refusal::TooManyNames(n) => Status::resource_exhausted(format!(
-            "{n} secret names on one stream; at most {MAX_NAMES_PER_STREAM} are served per stream"
+        Refusal::TooManyNames { count, max } => Status::resource_exhausted(format!(
+            "{count} secret names on one stream; at most {max} are served per stream"
+        )),
+        Refusal::TooManyNameBytes { bytes, max } => Status::resource_exhausted(format!(
+            "the secret names on one stream are {bytes} bytes long together; at most {max} \
+             bytes are served per stream"
+        )),
+        Refusal::ServerFull(Exceeded::Names(max)) => Status::resource_exhausted(format!(
+            "the server holds its limit of {max} subscriptions; try again later"
+        )),
+        Refusal::ServerFull(Exceeded::Bytes(max)) => Status::resource_exhausted(format!(
+            "the server holds its limit of {max} bytes of subscribed names; try again later"
         )),
     }
 }
@@ -260,6 +332,9 @@ fn refusal_status(refusal: Refusal) -> Status {
 pub(crate) trait Protocol: Send + 'static {
     type Request: Send + 'static;
     type Response: Send + 'static;
+
+    /// A new session held to `limits`.
+    fn new(limits: StreamLimits) -> Self;
 
     /// The node id sent with a request, if any.
     fn node_id(req: &Self::Request) -> Option<&str>;
@@ -270,7 +345,7 @@ pub(crate) trait Protocol: Send + 'static {
     ) -> Result<(Ack, Option<Self::Response>), Refusal>;
     fn on_change(&mut self, name: &SecretName, secret: Option<Arc<Secret>>);
     fn take_response(&mut self) -> Option<Self::Response>;
-    /// Whether the response with this nonce was a NACK target: for log context only.
+    /// The names subscribed to: for log context only.
     fn names(&self) -> String;
 }
 
@@ -281,19 +356,33 @@ pub(crate) struct Pump<P: Protocol, I> {
     inbound: I,
     session: P,
     watches: Watches,
+    /// The node id the client claims, escaped and cut short for logs.
     node: String,
+    /// NACK logging, at most one WARN line per `Limits::nack_log_interval`.
+    nack_log: NackLog,
     /// Resolves on [`SdsService::shutdown`].
     shutdown: Signal,
 }
 
+/// When this stream last logged a NACK at WARN, and how many it has not logged since.
+#[derive(Debug, Default)]
+struct NackLog {
+    last: Option<Instant>,
+    unlogged: u64,
+}
+
 impl<P: Protocol, I: Inbound<P::Request>> Pump<P, I> {
-    pub(crate) fn new(inner: Arc<Inner>, inbound: I, session: P) -> Self {
+    pub(crate) fn new(inner: Arc<Inner>, inbound: I) -> Self {
+        let session = P::new(StreamLimits {
+            names: inner.limits.names_per_stream,
+            name_bytes: inner.limits.name_bytes_per_stream,
+        });
         inner
             .counters
             .streams_opened
             .fetch_add(1, Ordering::Relaxed);
         let watches = Watches {
-            reader: inner.reader.clone(),
+            inner: Arc::clone(&inner),
             map: BTreeMap::new(),
         };
         let shutdown = inner.shutdown.signal();
@@ -303,6 +392,7 @@ impl<P: Protocol, I: Inbound<P::Request>> Pump<P, I> {
             session,
             watches,
             node: String::new(),
+            nack_log: NackLog::default(),
             shutdown,
         }
     }
@@ -341,8 +431,14 @@ impl<P: Protocol, I: Inbound<P::Request>> Pump<P, I> {
                         return None;
                     }
                     Err(status) => {
-                        tracing::debug!(node = %self.node, %status, "stream ended");
-                        return None;
+                        // A request we cannot read (or the client reset the stream): the
+                        // client gets the real status, if it still listens.
+                        tracing::debug!(
+                            node = %self.node, code = ?status.code(),
+                            message = %Untrusted::new(status.message(), 4 * SHOWN_CHARS),
+                            "stream ended by a request error"
+                        );
+                        return Some(Err(status));
                     }
                 },
                 () = self.shutdown.down() => {
@@ -368,39 +464,68 @@ impl<P: Protocol, I: Inbound<P::Request>> Pump<P, I> {
     }
 
     fn on_request(&mut self, req: &P::Request) -> Result<Option<P::Response>, Status> {
-        if let Some(id) = P::node_id(req).filter(|id| !id.is_empty() && *id != self.node) {
-            self.node = id.to_owned();
+        if self.node.is_empty()
+            && let Some(id) = P::node_id(req).filter(|id| !id.is_empty())
+        {
+            self.node = Untrusted::new(id, SHOWN_CHARS).to_string();
         }
-        let (ack, response) =
-            self.session
-                .on_request(req, &mut self.watches)
-                .map_err(|refusal| {
-                    tracing::warn!(node = %self.node, ?refusal, "refusing request");
-                    refusal_status(refusal)
-                })?;
+        let (ack, response) = match self.session.on_request(req, &mut self.watches) {
+            Ok(answer) => answer,
+            Err(refusal) => {
+                let status = self.inner.refuse(refusal);
+                tracing::warn!(
+                    node = %self.node, code = ?status.code(), reason = status.message(),
+                    "refusing a request; ending its stream"
+                );
+                return Err(status);
+            }
+        };
         match ack {
             Ack::None => {
                 tracing::debug!(node = %self.node, names = %self.session.names(), "subscription")
             }
-            Ack::Acked { nonce } => tracing::debug!(node = %self.node, nonce, "ACK"),
-            Ack::Stale { nonce } => {
-                tracing::debug!(node = %self.node, nonce, "ignoring stale nonce")
+            Ack::Acked { nonce } => {
+                tracing::debug!(node = %self.node, nonce = %Untrusted::new(&nonce, SHOWN_CHARS), "ACK")
             }
+            Ack::Stale { nonce } => tracing::debug!(
+                node = %self.node, nonce = %Untrusted::new(&nonce, SHOWN_CHARS),
+                "ignoring stale nonce"
+            ),
             Ack::Nacked {
                 nonce,
                 version,
                 rejection,
-            } => {
-                self.inner.counters.nacks.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    node = %self.node, names = %self.session.names(), nonce, version,
-                    code = rejection.code, error = %rejection.message,
-                    "Envoy rejected (NACK) the secrets sent; it keeps its previous version, \
-                     and this version will not be resent"
-                );
-            }
+            } => self.on_nack(&nonce, &version, &rejection),
         }
         Ok(response)
+    }
+
+    /// Counts a NACK and logs it: at WARN at most once per `nack_log_interval` on this
+    /// stream, with the count of those not logged since; the others at DEBUG.
+    fn on_nack(&mut self, nonce: &str, version: &str, rejection: &Rejection) {
+        self.inner.counters.nacks.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let due = self
+            .nack_log
+            .last
+            .is_none_or(|last| now.duration_since(last) >= self.inner.limits.nack_log_interval);
+        let error = Untrusted::new(&rejection.message, 4 * SHOWN_CHARS);
+        let nonce = Untrusted::new(nonce, SHOWN_CHARS);
+        if !due {
+            self.nack_log.unlogged += 1;
+            tracing::debug!(
+                node = %self.node, %nonce, version, code = rejection.code, %error, "NACK"
+            );
+            return;
+        }
+        let unlogged = std::mem::take(&mut self.nack_log.unlogged);
+        self.nack_log.last = Some(now);
+        tracing::warn!(
+            node = %self.node, names = %self.session.names(), %nonce, version,
+            code = rejection.code, %error, unlogged_since_last = unlogged,
+            "Envoy rejected (NACK) the secrets sent; it keeps its previous version, \
+             and this version will not be resent"
+        );
     }
 }
 
@@ -460,6 +585,8 @@ impl IntoWire for DeltaResponse {
     }
 }
 
+/// The NACK of a request, if it is one. Its message was cut to `MAX_NACK_MESSAGE` bytes
+/// while the request was read.
 fn rejection(status: Option<&sds_proto::google::rpc::Status>) -> Option<Rejection> {
     status.map(|s| Rejection {
         code: s.code,
@@ -470,6 +597,10 @@ fn rejection(status: Option<&sds_proto::google::rpc::Status>) -> Option<Rejectio
 impl Protocol for Sotw {
     type Request = DiscoveryRequest;
     type Response = SotwResponse;
+
+    fn new(limits: StreamLimits) -> Self {
+        Sotw::new(limits)
+    }
 
     fn node_id(req: &DiscoveryRequest) -> Option<&str> {
         req.node.as_ref().map(|n| n.id.as_str())
@@ -506,6 +637,10 @@ impl Protocol for Sotw {
 impl Protocol for Delta {
     type Request = DeltaDiscoveryRequest;
     type Response = DeltaResponse;
+
+    fn new(limits: StreamLimits) -> Self {
+        Delta::new(limits)
+    }
 
     fn node_id(req: &DeltaDiscoveryRequest) -> Option<&str> {
         req.node.as_ref().map(|n| n.id.as_str())
@@ -545,25 +680,42 @@ impl Protocol for Delta {
 }
 
 fn join<'a>(names: impl Iterator<Item = &'a SecretName>) -> String {
-    names.map(SecretName::as_str).collect::<Vec<_>>().join(",")
+    names_for_log(names)
 }
 
-/// The secrets one stream watches.
+/// The secrets one stream watches, counted against the server's [`Budget`].
 struct Watches {
-    reader: Reader,
+    inner: Arc<Inner>,
     map: BTreeMap<SecretName, SecretWatch>,
 }
 
 impl Subscriptions for Watches {
-    fn subscribe(&mut self, name: &SecretName) -> Option<Arc<Secret>> {
-        self.map
-            .entry(name.clone())
-            .or_insert_with(|| self.reader.watch(name))
-            .current()
+    fn subscribe(&mut self, name: &SecretName) -> Result<Option<Arc<Secret>>, Refusal> {
+        let watch = match self.map.entry(name.clone()) {
+            std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::btree_map::Entry::Vacant(entry) => {
+                self.inner
+                    .budget
+                    .take(name.as_str().len(), &self.inner.limits)
+                    .map_err(Refusal::ServerFull)?;
+                entry.insert(self.inner.reader.watch(name))
+            }
+        };
+        Ok(watch.current())
     }
 
     fn unsubscribe(&mut self, name: &SecretName) {
-        self.map.remove(name);
+        if self.map.remove(name).is_some() {
+            self.inner.budget.give_back(name.as_str().len());
+        }
+    }
+}
+
+impl Drop for Watches {
+    fn drop(&mut self) {
+        for name in self.map.keys() {
+            self.inner.budget.give_back(name.as_str().len());
+        }
     }
 }
 

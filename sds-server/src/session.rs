@@ -10,7 +10,9 @@ use std::{
     sync::Arc,
 };
 
-use sds_core::{Secret, SecretName, Version};
+use sds_core::{Secret, SecretName, Untrusted, Version};
+
+use crate::limits::Exceeded;
 
 /// The type URL of every SDS resource.
 pub(crate) const SECRET_TYPE_URL: &str =
@@ -19,8 +21,8 @@ pub(crate) const SECRET_TYPE_URL: &str =
 /// Where a session subscribes to and unsubscribes from secrets.
 pub(crate) trait Subscriptions {
     /// Starts watching `name` (if not yet watched) and returns its current value (`None` while
-    /// it does not exist).
-    fn subscribe(&mut self, name: &SecretName) -> Option<Arc<Secret>>;
+    /// it does not exist); refused when the server holds all the subscriptions it may.
+    fn subscribe(&mut self, name: &SecretName) -> Result<Option<Arc<Secret>>, Refusal>;
     /// Stops watching `name`.
     fn unsubscribe(&mut self, name: &SecretName);
 }
@@ -28,17 +30,59 @@ pub(crate) trait Subscriptions {
 /// Why a request cannot be processed; the stream ends with this.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Refusal {
-    /// The request asks for a type other than `Secret`.
+    /// The request asks for a type other than `Secret` (shown escaped and cut short).
     WrongType(String),
-    /// A resource name is not a valid name.
-    InvalidName(String),
-    /// The stream subscribes to more names than [`MAX_NAMES_PER_STREAM`].
-    TooManyNames(usize),
+    /// A resource name is not a valid name (shown escaped and cut short), and why.
+    InvalidName {
+        shown: String,
+        problem: &'static str,
+    },
+    /// The stream would subscribe to more names than its limit.
+    TooManyNames { count: usize, max: usize },
+    /// The stream's names would be longer, together, than its limit.
+    TooManyNameBytes { bytes: usize, max: usize },
+    /// The server holds as many subscriptions, or bytes of names, as it may.
+    ServerFull(Exceeded),
 }
 
-/// Most names one stream may subscribe to. Envoy opens a stream per secret; a client asking
-/// for more than this on one stream is refused rather than allowed to grow server state.
-pub(crate) const MAX_NAMES_PER_STREAM: usize = 10_000;
+/// How long a client-supplied string may be in a log line or an error we send.
+pub(crate) const SHOWN_CHARS: usize = 128;
+
+/// A stream's share of [`Limits`](crate::Limits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct StreamLimits {
+    pub(crate) names: usize,
+    pub(crate) name_bytes: usize,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        let limits = crate::Limits::default();
+        Self {
+            names: limits.names_per_stream,
+            name_bytes: limits.name_bytes_per_stream,
+        }
+    }
+}
+
+impl StreamLimits {
+    /// Checks a stream's would-be subscription set.
+    fn check(&self, count: usize, bytes: usize) -> Result<(), Refusal> {
+        if count > self.names {
+            return Err(Refusal::TooManyNames {
+                count,
+                max: self.names,
+            });
+        }
+        if bytes > self.name_bytes {
+            return Err(Refusal::TooManyNameBytes {
+                bytes,
+                max: self.name_bytes,
+            });
+        }
+        Ok(())
+    }
+}
 
 /// The fields of a NACK's `error_detail`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -101,22 +145,41 @@ pub(crate) enum Ack {
     Stale { nonce: String },
 }
 
-fn check_type(type_url: &str) -> Result<(), Refusal> {
+pub(crate) fn check_type(type_url: &str) -> Result<(), Refusal> {
     if type_url.is_empty() || type_url == SECRET_TYPE_URL {
         Ok(())
     } else {
-        Err(Refusal::WrongType(type_url.to_owned()))
+        Err(Refusal::WrongType(
+            Untrusted::new(type_url, SHOWN_CHARS).to_string(),
+        ))
     }
 }
 
-fn parse_names(names: &[String]) -> Result<BTreeSet<SecretName>, Refusal> {
-    if names.len() > MAX_NAMES_PER_STREAM {
-        return Err(Refusal::TooManyNames(names.len()));
-    }
-    names
-        .iter()
-        .map(|n| SecretName::new(n).map_err(|_| Refusal::InvalidName(n.escape_debug().to_string())))
-        .collect()
+/// Validates one name as every method does.
+pub(crate) fn parse_name(name: &str) -> Result<SecretName, Refusal> {
+    SecretName::new(name).map_err(|e| Refusal::InvalidName {
+        shown: Untrusted::new(name, SHOWN_CHARS).to_string(),
+        problem: match e {
+            sds_core::Error::InvalidName { problem, .. } => problem,
+            _ => "is not a valid resource name",
+        },
+    })
+}
+
+/// Validates a list of names within `limits` (duplicates count once).
+pub(crate) fn parse_names(
+    names: &[String],
+    limits: &StreamLimits,
+) -> Result<BTreeSet<SecretName>, Refusal> {
+    // Checked before parsing, so that a huge list costs nothing: duplicates only make the
+    // true figures smaller.
+    let bytes = names.iter().map(String::len).sum();
+    limits.check(names.len(), bytes).or_else(|_| {
+        let unique: BTreeSet<&str> = names.iter().map(String::as_str).collect();
+        let bytes = unique.iter().map(|n| n.len()).sum();
+        limits.check(unique.len(), bytes)
+    })?;
+    names.iter().map(|n| parse_name(n)).collect()
 }
 
 /// Nonces: a per-stream counter. They only need to be unique within the stream.
@@ -180,11 +243,20 @@ pub(crate) struct Sotw {
     last_nonce: Option<u64>,
     last_version: Option<Version>,
     dirty: bool,
+    limits: StreamLimits,
 }
 
 // === impl Sotw ===
 
 impl Sotw {
+    /// A session held to `limits`.
+    pub(crate) fn new(limits: StreamLimits) -> Self {
+        Self {
+            limits,
+            ..Self::default()
+        }
+    }
+
     /// Handles a request. Returns what the request meant and, possibly, a response.
     pub(crate) fn on_request(
         &mut self,
@@ -218,20 +290,20 @@ impl Sotw {
         let first = self.last_nonce.is_none() || req.response_nonce.is_empty();
         if first && !req.version_info.is_empty() {
             tracing::debug!(
-                version = req.version_info,
+                version = %Untrusted::new(req.version_info, SHOWN_CHARS),
                 "client reconnects holding a version"
             );
         }
         // An ACK names what the stream subscribes to already: nothing to parse or compare.
         if !self.subscribes_exactly(req.resource_names) {
-            let names = parse_names(req.resource_names)?;
+            let names = parse_names(req.resource_names, &self.limits)?;
             for gone in self.names.difference(&names) {
                 subs.unsubscribe(gone);
                 self.current.remove(gone);
                 self.sent.remove(gone);
             }
             for added in names.difference(&self.names) {
-                if let Some(secret) = subs.subscribe(added) {
+                if let Some(secret) = subs.subscribe(added)? {
                     self.current.insert(added.clone(), secret);
                     self.dirty = true;
                 }
@@ -346,26 +418,53 @@ pub(crate) struct Delta {
     /// Responses not yet acknowledged (nonce, what they carried), oldest first, for NACK
     /// reports and stale-nonce detection. Described in words only when a NACK is reported.
     in_flight: VecDeque<(String, Carried)>,
+    /// Bytes of the names in `names`.
+    name_bytes: usize,
+    limits: StreamLimits,
 }
 
-/// What one delta response carried: each name with the version sent, or `None` if removed.
-type Carried = Vec<(SecretName, Option<Version>)>;
+/// Most responses awaiting an ACK that a delta stream remembers.
+const MAX_IN_FLIGHT: usize = 64;
+
+/// Most entries of a response remembered for a NACK report.
+const MAX_CARRIED: usize = 8;
+
+/// What one delta response carried, for a NACK report: the first [`MAX_CARRIED`] names with
+/// the version sent (`None`: removed), and how many there were in all.
+#[derive(Debug)]
+struct Carried {
+    first: Vec<(SecretName, Option<Version>)>,
+    count: usize,
+}
 
 /// `name@version,...,-removed` for a NACK report.
 fn describe(carried: &Carried) -> String {
-    carried
+    let mut out = carried
+        .first
         .iter()
         .map(|(n, v)| match v {
             Some(v) => format!("{n}@{v}"),
             None => format!("-{n}"),
         })
         .collect::<Vec<_>>()
-        .join(",")
+        .join(",");
+    if carried.count > carried.first.len() {
+        out.push_str(&format!(",… ({} secrets in the response)", carried.count));
+    }
+    out
 }
 
 // === impl Delta ===
 
 impl Delta {
+    /// A session held to `limits`.
+    pub(crate) fn new(limits: StreamLimits) -> Self {
+        Self {
+            limits,
+            ..Self::default()
+        }
+    }
+
     /// Handles a request. Returns what the request meant and, possibly, a response.
     pub(crate) fn on_request(
         &mut self,
@@ -401,26 +500,35 @@ impl Delta {
             }
         };
         // Subscription changes count even on a stale nonce: delta requests are incremental.
-        let subscribe = parse_names(req.subscribe)?;
-        let unsubscribe = parse_names(req.unsubscribe)?;
-        for (name, version) in &req.initial_resource_versions {
-            tracing::trace!(secret = name, version, "client already holds");
+        let subscribe = parse_names(req.subscribe, &self.limits)?;
+        let unsubscribe = parse_names(req.unsubscribe, &self.limits)?;
+        for (name, version) in req.initial_resource_versions.iter().take(MAX_CARRIED) {
+            tracing::trace!(
+                secret = %Untrusted::new(name, SHOWN_CHARS),
+                version = %Untrusted::new(version, SHOWN_CHARS),
+                "client already holds"
+            );
         }
         for name in unsubscribe {
             if self.names.remove(&name) {
+                self.name_bytes -= name.as_str().len();
                 subs.unsubscribe(&name);
             }
             self.sent.remove(&name);
             self.owed.remove(&name);
         }
-        let total = self.names.len() + subscribe.difference(&self.names).count();
-        if total > MAX_NAMES_PER_STREAM {
-            return Err(Refusal::TooManyNames(total));
-        }
+        let added: Vec<&SecretName> = subscribe.difference(&self.names).collect();
+        self.limits.check(
+            self.names.len() + added.len(),
+            self.name_bytes + added.iter().map(|n| n.as_str().len()).sum::<usize>(),
+        )?;
         for name in subscribe {
             // Sent even if already subscribed or claimed in `initial_resource_versions`.
-            self.names.insert(name.clone());
-            if let Some(secret) = subs.subscribe(&name) {
+            let secret = subs.subscribe(&name)?;
+            if self.names.insert(name.clone()) {
+                self.name_bytes += name.as_str().len();
+            }
+            if let Some(secret) = secret {
                 self.owed.insert(name, Some(secret));
             }
         }
@@ -469,14 +577,18 @@ impl Delta {
             }
         }
         let nonce = self.nonces.next();
-        let carried = resources
-            .iter()
-            .map(|(n, s)| (n.clone(), Some(s.version())))
-            .chain(removed.iter().map(|n| (n.clone(), None)))
-            .collect();
+        let carried = Carried {
+            first: resources
+                .iter()
+                .map(|(n, s)| (n.clone(), Some(s.version())))
+                .chain(removed.iter().map(|n| (n.clone(), None)))
+                .take(MAX_CARRIED)
+                .collect(),
+            count: resources.len() + removed.len(),
+        };
         self.in_flight.push_back((nonce.clone(), carried));
         // A client that never answers must not grow this without bound.
-        if self.in_flight.len() > 64 {
+        if self.in_flight.len() > MAX_IN_FLIGHT {
             self.in_flight.pop_front();
         }
         Some(DeltaResponse {

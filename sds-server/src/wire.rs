@@ -17,6 +17,7 @@ use prost::{
     Message,
     encoding::{WireType, encode_key, encode_varint, encoded_len_varint},
 };
+use sds_core::Untrusted;
 use sds_proto::envoy::service::secret::v3::secret_discovery_service_server::{
     SERVICE_NAME, SecretDiscoveryServiceServer,
 };
@@ -33,7 +34,7 @@ use crate::{
     encode::{Encoder, secret_bytes},
     requests::{Decode, Requests},
     service::{Inner, IntoWire, Pump},
-    session::{Delta, DeltaResponse, Sotw, SotwResponse},
+    session::{Delta, DeltaResponse, SHOWN_CHARS, Sotw, SotwResponse},
 };
 
 const STREAM_SECRETS: &str = "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets";
@@ -55,8 +56,12 @@ pub struct SecretDiscoveryServer {
 
 impl SecretDiscoveryServer {
     pub(crate) fn new(sds: SdsService) -> Self {
+        // FetchSecrets goes through tonic's codec, which holds a whole request: as much as a
+        // stream may keep, plus room for a client's `Node`.
+        let max_fetch = sds.limits().max_kept_per_request() + 256 * 1024;
         Self {
-            generated: SecretDiscoveryServiceServer::new(sds.clone()),
+            generated: SecretDiscoveryServiceServer::new(sds.clone())
+                .max_decoding_message_size(max_fetch),
             sds,
         }
     }
@@ -100,7 +105,7 @@ where
 /// Starts a stream of protocol `P` on `request`.
 fn streaming<P, B>(sds: &SdsService, request: http::Request<B>) -> http::Response<Body>
 where
-    P: crate::service::Protocol + Default,
+    P: crate::service::Protocol,
     P::Request: Decode,
     P::Response: IntoFrame,
     B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -114,15 +119,16 @@ where
         .get("grpc-encoding")
         .filter(|e| e.as_bytes() != b"identity")
     {
-        let encoding = String::from_utf8_lossy(encoding.as_bytes()).into_owned();
+        let encoding = Untrusted::lossy(encoding.as_bytes(), SHOWN_CHARS);
         return Status::unimplemented(format!(
-            "requests compressed with `{encoding}` are not supported"
+            "requests compressed with \"{encoding}\" are not supported"
         ))
         .into_http();
     }
     let inner: Arc<Inner> = sds.inner();
-    let inbound = Requests::<P::Request>::new(Body::new(request.into_body()));
-    let frames = Pump::new(inner, inbound, P::default()).run(IntoFrame::into_frame);
+    let max_kept = inner.limits.max_kept_per_request();
+    let inbound = Requests::<P::Request>::new(Body::new(request.into_body()), max_kept);
+    let frames = Pump::<P, _>::new(inner, inbound).run(IntoFrame::into_frame);
     let mut response = http::Response::new(Body::new(Frames {
         stream: Box::pin(frames),
         next: None,
@@ -205,6 +211,22 @@ pub(crate) fn frame(message: &impl Message) -> Bytes {
     secret_bytes(buf)
 }
 
+/// Longest `grpc-message` sent, in bytes.
+const MAX_STATUS_MESSAGE: usize = 1024;
+
+/// `status` with its message cut to [`MAX_STATUS_MESSAGE`] bytes (at a character boundary).
+fn bounded(status: Status) -> Status {
+    let message = status.message();
+    if message.len() <= MAX_STATUS_MESSAGE {
+        return status;
+    }
+    let mut end = MAX_STATUS_MESSAGE - '…'.len_utf8();
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    Status::new(status.code(), format!("{}…", &message[..end]))
+}
+
 /// The response body: each message's chunks, then the trailers with the status.
 struct Frames<S> {
     stream: Pin<Box<S>>,
@@ -236,7 +258,7 @@ where
                 self.next = wire.shared;
                 return Poll::Ready(Some(Ok(http_body::Frame::data(wire.head))));
             }
-            Poll::Ready(Some(Err(status))) => status,
+            Poll::Ready(Some(Err(status))) => bounded(status),
             Poll::Ready(None) => Status::ok(""),
         };
         self.done = true;

@@ -10,6 +10,8 @@ use sds_proto::envoy::{
 
 use super::{Decode, Filter, MAX_REQUEST};
 
+const MAX_KEPT: usize = 200 * 1024;
+
 fn put_len(buf: &mut Vec<u8>, tag: u32, payload: &[u8]) {
     encode_key(tag, WireType::LengthDelimited, buf);
     encode_varint(payload.len() as u64, buf);
@@ -75,7 +77,7 @@ fn framed(messages: &[&[u8]]) -> Vec<u8> {
 
 /// Feeds `wire` in pieces of `size` bytes; returns the decoded messages.
 fn run<T: Decode>(wire: &[u8], size: usize, skip_node: bool) -> Vec<T> {
-    let mut filter = Filter::new(T::NODE);
+    let mut filter = Filter::new(&T::SCHEMA, MAX_KEPT);
     let mut out = Vec::new();
     for piece in wire.chunks(size) {
         let mut data = Bytes::copy_from_slice(piece);
@@ -138,7 +140,7 @@ fn empty_messages_and_empty_nodes() {
 #[test]
 fn malformed_requests_are_refused() {
     let feed = |wire: Vec<u8>| {
-        let mut filter = Filter::new(2);
+        let mut filter = Filter::new(&DiscoveryRequest::SCHEMA, MAX_KEPT);
         let mut data = Bytes::from(wire);
         filter.feed(&mut data, false).map(|_| ())
     };
@@ -152,7 +154,7 @@ fn malformed_requests_are_refused() {
     huge.extend_from_slice(&(MAX_REQUEST as u32 + 1).to_be_bytes());
     assert_eq!(
         feed(huge).expect_err("refused").code(),
-        tonic::Code::OutOfRange
+        tonic::Code::ResourceExhausted
     );
     // A field longer than its message.
     assert!(feed(framed(&[b"\x0a\x05v"])).is_err());
@@ -161,4 +163,82 @@ fn malformed_requests_are_refused() {
     assert!(feed(framed(&[b"\x12\x03\x0a\x05i"])).is_err());
     // Groups.
     assert!(feed(framed(&[b"\x0b"])).is_err());
+}
+
+/// Feeds `wire` with a limit of `max_kept` bytes in pieces of `size`: the first message, or
+/// the status it was refused with.
+fn first_with_limit(
+    wire: &[u8],
+    size: usize,
+    max_kept: usize,
+) -> Result<DiscoveryRequest, tonic::Status> {
+    let mut filter = Filter::new(&DiscoveryRequest::SCHEMA, max_kept);
+    for piece in wire.chunks(size) {
+        let mut data = Bytes::copy_from_slice(piece);
+        while !data.is_empty() {
+            if let Some(kept) = filter.feed(&mut data, false)? {
+                assert!(kept.len() <= max_kept, "kept {} bytes", kept.len());
+                return Ok(DiscoveryRequest::decode(kept.as_slice()).expect("decodes"));
+            }
+        }
+    }
+    panic!("no complete message");
+}
+
+#[test]
+fn unknown_fields_and_status_details_are_skipped_not_kept() {
+    let mut b = Vec::new();
+    put_len(&mut b, 3, b"httpbin-credential");
+    // Unknown to our schema: a 1 MiB field, and one with a number no version uses.
+    put_len(&mut b, 7, &vec![b'u'; 1 << 20]);
+    put_len(&mut b, 99, &vec![b'v'; 100_000]);
+    let mut status = Vec::new();
+    encode_key(1, WireType::Varint, &mut status);
+    encode_varint(13, &mut status);
+    put_len(&mut status, 2, b"Failed to load private key");
+    put_len(&mut status, 3, &vec![b'd'; 500_000]);
+    put_len(&mut b, 6, &status);
+    let wire = framed(&[&b]);
+    for size in [1, 1000, 16_384, wire.len()] {
+        let got = first_with_limit(&wire, size, 1024).expect("within the limit");
+        assert_eq!(got.resource_names, ["httpbin-credential"]);
+        let detail = got.error_detail.expect("error_detail");
+        assert_eq!(detail.code, 13);
+        assert_eq!(detail.message, "Failed to load private key");
+        assert!(detail.details.is_empty());
+    }
+}
+
+#[test]
+fn a_long_nack_message_is_replaced_by_its_length() {
+    let mut status = Vec::new();
+    put_len(&mut status, 2, &vec![b'm'; 1 << 20]);
+    let mut b = Vec::new();
+    put_len(&mut b, 6, &status);
+    let wire = framed(&[&b]);
+    for size in [7, 16_384, wire.len()] {
+        let got = first_with_limit(&wire, size, 1024).expect("within the limit");
+        let message = got.error_detail.expect("error_detail").message;
+        assert_eq!(message, format!("({} bytes, not kept)", 1 << 20));
+    }
+}
+
+#[test]
+fn a_request_keeping_more_than_the_limit_is_refused() {
+    let mut b = Vec::new();
+    for i in 0..1000 {
+        put_len(&mut b, 3, format!("name-{i:04}").as_bytes());
+    }
+    let wire = framed(&[&b]);
+    for size in [1, 100, wire.len()] {
+        let refused = first_with_limit(&wire, size, 4096).expect_err("over the limit");
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    }
+    assert_eq!(
+        first_with_limit(&wire, 100, 20_000)
+            .expect("within")
+            .resource_names
+            .len(),
+        1000
+    );
 }

@@ -14,9 +14,9 @@ struct World {
 }
 
 impl Subscriptions for World {
-    fn subscribe(&mut self, name: &SecretName) -> Option<Arc<Secret>> {
+    fn subscribe(&mut self, name: &SecretName) -> Result<Option<Arc<Secret>>, Refusal> {
         self.watched.insert(name.clone());
-        self.secrets.get(name).cloned()
+        Ok(self.secrets.get(name).cloned())
     }
     fn unsubscribe(&mut self, name: &SecretName) {
         self.watched.remove(name);
@@ -271,7 +271,7 @@ fn sotw_refusals() {
     let bad = names(&["has space"]);
     assert!(matches!(
         s.on_request(&sotw(&bad, "", ""), &mut world),
-        Err(Refusal::InvalidName(_))
+        Err(Refusal::InvalidName { .. })
     ));
 }
 

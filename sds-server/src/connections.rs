@@ -1,0 +1,313 @@
+//! Accepting connections so that no client can pin the server: a bound on open connections,
+//! a deadline for the HTTP/2 handshake, and a pause when the process runs out of file
+//! descriptors.
+//!
+//! tonic's accept loop retries a failed `accept` at once, so at the file-descriptor limit
+//! (`EMFILE`) it spins at 100 % CPU while the pending connection stays in the backlog; and it
+//! keeps a connection that never sends a byte open forever. Wrap the listener's stream with
+//! [`guard`] before handing it to tonic:
+//!
+//! ```no_run
+//! # async fn demo(sds: sds_server::SdsService) -> Result<(), Box<dyn std::error::Error>> {
+//! use sds_server::{Limits, connections};
+//! use tokio_stream::wrappers::TcpListenerStream;
+//!
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:15012").await?;
+//! let incoming = connections::guard(TcpListenerStream::new(listener), Default::default());
+//! tonic::transport::Server::builder()
+//!     .max_concurrent_streams(Limits::MAX_CONCURRENT_STREAMS)
+//!     .add_service(sds.into_server())
+//!     .serve_with_incoming(incoming)
+//!     .await?;
+//! # Ok(()) }
+//! ```
+
+use std::{
+    fmt,
+    future::Future,
+    io,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+    time::Duration,
+};
+
+use futures_core::Stream;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    sync::{AcquireError, OwnedSemaphorePermit, Semaphore},
+    time::Sleep,
+};
+use tonic::transport::server::Connected;
+
+/// What [`guard`] enforces.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectionLimits {
+    /// A connection that has not sent the HTTP/2 connection preface and the header of its
+    /// first frame within this time is closed. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// Most connections open at once; beyond it, new connections wait in the listen backlog
+    /// until one closes. Default 10,000.
+    pub max_connections: usize,
+    /// The longest pause between accept attempts while the process or system is out of file
+    /// descriptors (`EMFILE`, `ENFILE`) or memory for sockets; pauses start at 10 ms and
+    /// double. Default 1 s.
+    pub max_accept_backoff: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
+            max_accept_backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Bytes a client sends to complete the start of an HTTP/2 connection: the 24-byte preface
+/// and the 9-byte header of its SETTINGS frame.
+const HANDSHAKE_BYTES: usize = 24 + 9;
+
+/// The first pause after an accept failed for lack of resources.
+const FIRST_BACKOFF: Duration = Duration::from_millis(10);
+
+/// Wraps a stream of accepted connections (`TcpListenerStream`, `UnixListenerStream`, …) with
+/// the [`ConnectionLimits`]. Needs a Tokio runtime with the time driver.
+pub fn guard<S, IO>(incoming: S, limits: ConnectionLimits) -> Guard<S>
+where
+    S: Stream<Item = io::Result<IO>> + Unpin,
+{
+    Guard {
+        incoming,
+        permits: Arc::new(Semaphore::new(
+            limits.max_connections.min(Semaphore::MAX_PERMITS),
+        )),
+        limits,
+        permit: None,
+        acquiring: None,
+        backoff: None,
+        delay: FIRST_BACKOFF,
+        at_capacity: false,
+    }
+}
+
+type Acquire = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
+
+/// The stream returned by [`guard`]: accepted connections, each a [`Guarded`] connection.
+pub struct Guard<S> {
+    incoming: S,
+    limits: ConnectionLimits,
+    permits: Arc<Semaphore>,
+    /// A connection slot taken for the next accepted connection.
+    permit: Option<OwnedSemaphorePermit>,
+    /// Waiting for a slot while at `max_connections`.
+    acquiring: Option<Acquire>,
+    /// Pausing after an accept failed for lack of resources.
+    backoff: Option<Pin<Box<Sleep>>>,
+    delay: Duration,
+    /// Whether the last wait for a slot was logged and not yet resolved.
+    at_capacity: bool,
+}
+
+impl<S> fmt::Debug for Guard<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Guard")
+            .field("limits", &self.limits)
+            .field(
+                "open",
+                &(self.limits.max_connections - self.permits.available_permits()),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, IO> Stream for Guard<S>
+where
+    S: Stream<Item = io::Result<IO>> + Unpin,
+{
+    type Item = io::Result<Guarded<IO>>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(sleep) = this.backoff.as_mut() {
+                ready!(sleep.as_mut().poll(cx));
+                this.backoff = None;
+            }
+            if this.permit.is_none() {
+                match Arc::clone(&this.permits).try_acquire_owned() {
+                    Ok(permit) => this.permit = Some(permit),
+                    Err(_) => {
+                        if !this.at_capacity {
+                            this.at_capacity = true;
+                            tracing::warn!(
+                                max = this.limits.max_connections,
+                                "at the limit of open connections; new ones wait until one \
+                                 closes"
+                            );
+                        }
+                        let acquiring = this.acquiring.get_or_insert_with(|| {
+                            Box::pin(Arc::clone(&this.permits).acquire_owned())
+                        });
+                        let permit = ready!(acquiring.as_mut().poll(cx));
+                        this.acquiring = None;
+                        match permit {
+                            Ok(permit) => this.permit = Some(permit),
+                            // The semaphore is never closed.
+                            Err(_) => return Poll::Ready(None),
+                        }
+                    }
+                }
+            }
+            match ready!(Pin::new(&mut this.incoming).poll_next(cx)) {
+                None => return Poll::Ready(None),
+                Some(Ok(io)) => {
+                    if this.delay > FIRST_BACKOFF {
+                        tracing::info!("accepting connections again");
+                        this.delay = FIRST_BACKOFF;
+                    }
+                    if this.at_capacity && this.permits.available_permits() > 0 {
+                        this.at_capacity = false;
+                    }
+                    let permit = this.permit.take();
+                    let deadline = Box::pin(tokio::time::sleep(this.limits.handshake_timeout));
+                    return Poll::Ready(Some(Ok(Guarded {
+                        io,
+                        handshake: Some(Handshake { deadline, read: 0 }),
+                        timeout: this.limits.handshake_timeout,
+                        _permit: permit,
+                    })));
+                }
+                Some(Err(error)) if out_of_resources(&error) => {
+                    if this.delay == FIRST_BACKOFF {
+                        // Once per episode: every retry would flood the log.
+                        tracing::warn!(
+                            %error,
+                            "cannot accept connections: out of file descriptors or socket \
+                             memory; retrying with backoff (raise `ulimit -n`?)"
+                        );
+                    }
+                    this.backoff = Some(Box::pin(tokio::time::sleep(this.delay)));
+                    this.delay = (this.delay * 2).min(this.limits.max_accept_backoff);
+                }
+                Some(Err(error)) => {
+                    // ECONNABORTED and the like concern one connection only.
+                    tracing::debug!(%error, "accept failed");
+                }
+            }
+        }
+    }
+}
+
+/// Errors after which `accept` fails again at once until something is released.
+fn out_of_resources(error: &io::Error) -> bool {
+    // EMFILE 24, ENFILE 23, ENOBUFS 105, ENOMEM 12 on Linux.
+    matches!(error.raw_os_error(), Some(24 | 23 | 105 | 12))
+}
+
+/// An accepted connection: closed with an error if the client does not start HTTP/2 in time;
+/// holds its slot among the open connections until dropped.
+pub struct Guarded<IO> {
+    io: IO,
+    handshake: Option<Handshake>,
+    timeout: Duration,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+struct Handshake {
+    deadline: Pin<Box<Sleep>>,
+    read: usize,
+}
+
+impl<IO> Guarded<IO> {
+    /// The connection inside.
+    pub fn get_ref(&self) -> &IO {
+        &self.io
+    }
+}
+
+impl<IO> fmt::Debug for Guarded<IO> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Guarded")
+            .field("handshaking", &self.handshake.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<IO: Connected> Connected for Guarded<IO> {
+    type ConnectInfo = IO::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        let Some(handshake) = this.handshake.as_mut() else {
+            return polled;
+        };
+        match polled {
+            Poll::Ready(Ok(())) => {
+                handshake.read += buf.filled().len() - before;
+                if handshake.read >= HANDSHAKE_BYTES {
+                    this.handshake = None;
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => match handshake.deadline.as_mut().poll(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(()) => {
+                    tracing::debug!(
+                        read = handshake.read,
+                        "closing a connection that did not start HTTP/2 in time"
+                    );
+                    Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no HTTP/2 connection preface within {:?}", this.timeout),
+                    )))
+                }
+            },
+        }
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}

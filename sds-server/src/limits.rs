@@ -1,0 +1,106 @@
+//! What one client may cost the server: the bounds every stream is held to.
+
+use std::{
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Duration,
+};
+
+/// The bounds an [`SdsService`](crate::SdsService) holds every client to.
+///
+/// A stream that asks for more than its share is ended with `RESOURCE_EXHAUSTED` and a
+/// message saying which limit it hit; the other streams are not affected. Together with the
+/// HTTP/2 settings of the embedding server (see [`Limits::MAX_CONCURRENT_STREAMS`] and
+/// [`connections`](crate::connections)) they bound what one connection can make the server
+/// hold; the crate docs give the figures.
+///
+/// The defaults fit Envoy, which opens one stream per secret, with room to spare for clients
+/// that put many names on one stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Most names one stream may subscribe to at once. Default 100.
+    pub names_per_stream: usize,
+    /// Most bytes of names one stream may subscribe to at once (the sum of their lengths).
+    /// Default 32 KiB: 100 names of Istio's longest form, `kubernetes://NS/NAME`.
+    pub name_bytes_per_stream: usize,
+    /// Most subscriptions (a name on a stream) held by all streams together. Default 200,000.
+    pub names_total: usize,
+    /// Most bytes of names held by all streams together. Default 32 MiB.
+    pub name_bytes_total: usize,
+    /// On each stream, at most one NACK is logged at WARN per this interval; the others are
+    /// counted, logged at DEBUG, and summed up in the next WARN line. Default 60 s.
+    pub nack_log_interval: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            names_per_stream: 100,
+            name_bytes_per_stream: 32 * 1024,
+            names_total: 200_000,
+            name_bytes_total: 32 * 1024 * 1024,
+            nack_log_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Limits {
+    /// The `SETTINGS_MAX_CONCURRENT_STREAMS` an embedding server should announce:
+    /// `tonic::transport::Server::builder().max_concurrent_streams(Limits::MAX_CONCURRENT_STREAMS)`.
+    /// tonic announces no limit unless told to. Envoy opens one stream per secret and opens
+    /// another connection when a server's limit is reached.
+    pub const MAX_CONCURRENT_STREAMS: u32 = 100;
+
+    /// Most bytes kept from one request while it is read: the names a stream may hold, their
+    /// protobuf framing (the names of a delta request's `initial_resource_versions` come with
+    /// a version each), and 16 KiB for the other fields. Everything else (Envoy's `Node`
+    /// beyond its id and cluster, unknown fields) is skipped as it arrives.
+    pub(crate) fn max_kept_per_request(&self) -> usize {
+        self.name_bytes_per_stream
+            .saturating_mul(2)
+            .saturating_add(self.names_per_stream.saturating_mul(48))
+            .saturating_add(16 * 1024)
+    }
+}
+
+/// The subscriptions all streams hold, against [`Limits::names_total`] and
+/// [`Limits::name_bytes_total`].
+#[derive(Debug, Default)]
+pub(crate) struct Budget {
+    names: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+impl Budget {
+    /// Takes one name of `len` bytes from the budget, or says which limit it would exceed.
+    pub(crate) fn take(&self, len: usize, limits: &Limits) -> Result<(), Exceeded> {
+        if self.names.fetch_add(1, Ordering::Relaxed) >= limits.names_total {
+            self.names.fetch_sub(1, Ordering::Relaxed);
+            return Err(Exceeded::Names(limits.names_total));
+        }
+        if self.bytes.fetch_add(len, Ordering::Relaxed) + len > limits.name_bytes_total {
+            self.bytes.fetch_sub(len, Ordering::Relaxed);
+            self.names.fetch_sub(1, Ordering::Relaxed);
+            return Err(Exceeded::Bytes(limits.name_bytes_total));
+        }
+        Ok(())
+    }
+
+    /// Gives back one name of `len` bytes.
+    pub(crate) fn give_back(&self, len: usize) {
+        self.names.fetch_sub(1, Ordering::Relaxed);
+        self.bytes.fetch_sub(len, Ordering::Relaxed);
+    }
+
+    /// Subscriptions held now.
+    pub(crate) fn names(&self) -> usize {
+        self.names.load(Ordering::Relaxed)
+    }
+}
+
+/// Which server-wide limit a subscription would exceed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Exceeded {
+    Names(usize),
+    Bytes(usize),
+}
