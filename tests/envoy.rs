@@ -12,7 +12,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sds::{core::Reader, fs::DirSource, server::SdsService};
+use sds::{
+    core::Reader,
+    fs::DirSource,
+    server::{Limits, SdsService, connections},
+};
 use sds_test_util::{
     certs::{Ca, KeyKind, Leaf, Validity},
     envoy::{CurlResult, Envoy, FilterChain, SdsApi, SdsBootstrap, SdsEndpoint, curl_https},
@@ -132,17 +136,22 @@ fn serve(dir: &Path, endpoint: &SdsEndpoint) -> (tokio::runtime::Runtime, Reader
         let (mut reader, driver) = sds::core::publish(source);
         tokio::spawn(driver);
         reader.ready().await.expect("first scan");
+        // As the examples serve: the recommended HTTP/2 stream limit, guarded connections.
         let router = tonic::transport::Server::builder()
+            .max_concurrent_streams(Limits::MAX_CONCURRENT_STREAMS)
             .add_service(SdsService::new(reader.clone()).into_server());
+        let guard = connections::ConnectionLimits::default();
         match endpoint {
             SdsEndpoint::Tcp(addr) => {
                 let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
-                tokio::spawn(router.serve_with_incoming(TcpListenerStream::new(listener)));
+                let incoming = connections::guard(TcpListenerStream::new(listener), guard);
+                tokio::spawn(router.serve_with_incoming(incoming));
             }
             SdsEndpoint::Unix(path) => {
                 let _ = fs::remove_file(path);
                 let listener = tokio::net::UnixListener::bind(path).expect("bind");
-                tokio::spawn(router.serve_with_incoming(UnixListenerStream::new(listener)));
+                let incoming = connections::guard(UnixListenerStream::new(listener), guard);
+                tokio::spawn(router.serve_with_incoming(incoming));
             }
             other => panic!("unsupported endpoint {other:?}"),
         }
