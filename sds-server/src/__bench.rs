@@ -10,8 +10,7 @@ use sds_proto::envoy::service::discovery::v3::DiscoveryRequest;
 use crate::{
     encode::Encoder,
     requests::{Decode, Filter},
-    session::SotwResponse,
-    wire::IntoFrame,
+    session::Nonce,
 };
 
 /// One secret version, encoded the way every stream gets it.
@@ -26,7 +25,7 @@ impl Encoded {
     /// Encodes `secret` under `name`: what the first stream to send a version pays, once.
     pub fn new(name: SecretName, secret: Arc<Secret>) -> Self {
         let encoder = Encoder::default();
-        let _ = encoder.sotw_fields(&name, &secret);
+        let _ = encoder.any(&name, &secret);
         Self {
             encoder,
             name,
@@ -37,12 +36,10 @@ impl Encoded {
     /// The state-of-the-world response one stream sends for this secret, framed: the
     /// stream's own part (gRPC prefix, nonce) and the bytes shared by every stream.
     pub fn frame(&self, nonce: u64) -> (Bytes, Option<Bytes>) {
-        let response = SotwResponse {
-            version_info: self.secret.version().to_string(),
-            nonce: nonce.to_string(),
-            resources: vec![(self.name.clone(), Arc::clone(&self.secret))],
-        };
-        response.into_frame(&self.encoder).into_parts()
+        let resources = [(self.name.clone(), Arc::clone(&self.secret))];
+        self.encoder
+            .sotw(&resources, self.secret.version(), Nonce::from(nonce))
+            .into_parts()
     }
 }
 

@@ -1,6 +1,7 @@
-//! Domain to proto: the only place that knows how a [`Secret`] looks on the wire.
+//! Domain to wire: the only place that knows how a [`Secret`] and a response look on the wire.
 //!
-//! Each secret version is encoded once; every stream gets a clone of the same `Bytes`.
+//! Each secret version is encoded once; every stream gets a clone of the same `Bytes`. A
+//! response is the stream's own few bytes (the gRPC prefix and its nonce) in front of them.
 
 use std::{
     collections::HashMap,
@@ -13,19 +14,26 @@ use std::{
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use prost::Message;
+use prost::{
+    Message,
+    encoding::{WireType, encode_key, encode_varint, encoded_len_varint},
+};
 use sds_core::{Secret, SecretName, Version};
 use sds_proto::{
+    SECRET_TYPE_URL,
     envoy::{
         config::core::v3::{DataSource, data_source::Specifier},
         extensions::transport_sockets::tls::v3 as tls,
-        service::discovery::v3::DiscoveryResponse,
+        service::discovery::v3::{DeltaDiscoveryResponse, DiscoveryResponse, Resource},
     },
     google::protobuf::Any,
 };
 use zeroize::Zeroizing;
 
-use crate::session::SECRET_TYPE_URL;
+use crate::{
+    framing::{Frame, PREFIX, frame, put_prefix, secret_bytes},
+    session::Nonce,
+};
 
 /// Encodes secrets into `Any`s, once per (name, version).
 ///
@@ -59,11 +67,69 @@ impl Encoder {
         })
     }
 
-    /// The fields of a state-of-the-world `DiscoveryResponse` that carries `secret` alone,
-    /// except the nonce: `version_info` (the secret's version), `resources` and `type_url`.
-    /// Every stream sends these same bytes, after its own nonce field.
-    pub(crate) fn sotw_fields(&self, name: &SecretName, secret: &Arc<Secret>) -> Option<Bytes> {
-        self.entry(name, secret, |e| e.sotw.clone())
+    /// The frame of a state-of-the-world response: `resources` (every secret the stream
+    /// holds, `version` the response's version) with this stream's `nonce`.
+    ///
+    /// With one secret (Envoy's one stream per secret) the frame is the nonce field followed
+    /// by the fields cached with that secret's encoding: no copy of the secret per stream.
+    pub(crate) fn sotw(
+        &self,
+        resources: &[(SecretName, Arc<Secret>)],
+        version: Version,
+        nonce: Nonce,
+    ) -> Frame {
+        if let [(name, secret)] = resources
+            && let Some(shared) = self.entry(name, secret, |e| e.sotw.clone())
+        {
+            debug_assert_eq!(version, secret.version());
+            let mut digits = [0; 20];
+            let nonce = nonce.digits(&mut digits);
+            // DiscoveryResponse.nonce = 5
+            let field = 1 + encoded_len_varint(nonce.len() as u64) + nonce.len();
+            let mut head = Vec::with_capacity(PREFIX + field);
+            put_prefix(&mut head, field + shared.len());
+            encode_key(5, WireType::LengthDelimited, &mut head);
+            encode_varint(nonce.len() as u64, &mut head);
+            head.extend_from_slice(nonce);
+            return Frame::split(Bytes::from(head), shared);
+        }
+        frame(&DiscoveryResponse {
+            version_info: version.to_string(),
+            resources: resources
+                .iter()
+                .filter_map(|(name, secret)| self.any(name, secret))
+                .collect(),
+            canary: false,
+            type_url: SECRET_TYPE_URL.to_owned(),
+            nonce: nonce.to_string(),
+        })
+    }
+
+    /// The frame of an incremental response: `resources` changed, `removed` gone, with this
+    /// stream's `nonce`.
+    pub(crate) fn delta(
+        &self,
+        resources: &[(SecretName, Arc<Secret>)],
+        removed: &[SecretName],
+        nonce: Nonce,
+    ) -> Frame {
+        frame(&DeltaDiscoveryResponse {
+            system_version_info: String::new(),
+            resources: resources
+                .iter()
+                .filter_map(|(name, secret)| {
+                    Some(Resource {
+                        name: name.as_str().to_owned(),
+                        version: secret.version().to_string(),
+                        resource: Some(self.any(name, secret)?),
+                        aliases: Vec::new(),
+                    })
+                })
+                .collect(),
+            type_url: SECRET_TYPE_URL.to_owned(),
+            removed_resources: removed.iter().map(|n| n.as_str().to_owned()).collect(),
+            nonce: nonce.to_string(),
+        })
     }
 
     /// Reads the cache entry of this version of `secret`, encoding it if needed.
@@ -113,19 +179,6 @@ impl fmt::Debug for Encoder {
             .field("encodes", &self.encodes())
             .finish()
     }
-}
-
-/// Bytes that are zeroized when the last clone is dropped (they may hold a private key).
-struct ZeroizingBytes(Zeroizing<Vec<u8>>);
-
-impl AsRef<[u8]> for ZeroizingBytes {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-pub(crate) fn secret_bytes(bytes: Zeroizing<Vec<u8>>) -> Bytes {
-    Bytes::from_owner(ZeroizingBytes(bytes))
 }
 
 fn inline(bytes: Bytes) -> Option<DataSource> {

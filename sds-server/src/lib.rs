@@ -48,20 +48,25 @@
 //! is longer than 1 KiB. What the embedding server must add: announce
 //! [`Limits::MAX_CONCURRENT_STREAMS`] and accept through [`connections::guard`], as above.
 
+#[cfg(feature = "__bench")]
 #[doc(hidden)]
 pub mod __bench;
 pub mod connections;
 mod encode;
+mod fetch;
+mod framing;
 mod limits;
 pub mod protocol;
+mod pump;
 mod requests;
+mod server;
 mod service;
 mod session;
 mod shutdown;
-mod wire;
+mod status;
 
 pub use crate::{
     limits::Limits,
-    service::{ResponseStream, SdsService, Stats},
-    wire::SecretDiscoveryServer,
+    server::SecretDiscoveryServer,
+    service::{SdsService, Stats},
 };

@@ -27,12 +27,11 @@ use prost::{
 use sds_proto::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use tonic::{Status, body::Body};
 
+use crate::framing::PREFIX;
+
 /// The largest request accepted, as tonic's default (4 MiB). Only the fields a stream keeps
 /// are held in memory (see [`Filter`]); the rest is skipped as it arrives.
 const MAX_REQUEST: usize = 4 * 1024 * 1024;
-
-/// gRPC's message prefix: a compression flag and a big-endian length.
-const PREFIX: usize = 5;
 
 /// Longest NACK message kept from a request; a longer one is replaced by a note of its length.
 pub(crate) const MAX_NACK_MESSAGE: usize = 1024;
@@ -92,15 +91,6 @@ pub(crate) trait Inbound<T>: Send + 'static {
         &mut self,
         skip_node: bool,
     ) -> impl Future<Output = Result<Option<T>, Status>> + Send;
-}
-
-impl<T: Send + 'static> Inbound<T> for tonic::Streaming<T> {
-    fn message(
-        &mut self,
-        _skip_node: bool,
-    ) -> impl Future<Output = Result<Option<T>, Status>> + Send {
-        tonic::Streaming::message(self)
-    }
 }
 
 /// Requests decoded from a request body, frame by frame.

@@ -12,11 +12,9 @@ use std::{
 
 use sds_core::{Secret, SecretName, Untrusted, Version};
 
-use crate::limits::Exceeded;
+use sds_proto::SECRET_TYPE_URL;
 
-/// The type URL of every SDS resource.
-pub(crate) const SECRET_TYPE_URL: &str =
-    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+use crate::limits::Exceeded;
 
 /// Where a session subscribes to and unsubscribes from secrets.
 pub(crate) trait Subscriptions {
@@ -104,8 +102,10 @@ pub(crate) struct SotwRequest<'a> {
 /// A state-of-the-world response to send.
 #[derive(Debug)]
 pub(crate) struct SotwResponse {
-    pub(crate) version_info: String,
-    pub(crate) nonce: String,
+    /// The version of the whole response: the secret's own when it carries one, else a
+    /// digest of theirs.
+    pub(crate) version: Version,
+    pub(crate) nonce: Nonce,
     pub(crate) resources: Vec<(SecretName, Arc<Secret>)>,
 }
 
@@ -123,7 +123,7 @@ pub(crate) struct DeltaRequest<'a> {
 /// An incremental response to send.
 #[derive(Debug)]
 pub(crate) struct DeltaResponse {
-    pub(crate) nonce: String,
+    pub(crate) nonce: Nonce,
     pub(crate) resources: Vec<(SecretName, Arc<Secret>)>,
     pub(crate) removed: Vec<SecretName>,
 }
@@ -182,43 +182,48 @@ pub(crate) fn parse_names(
     names.iter().map(|n| parse_name(n)).collect()
 }
 
-/// Nonces: a per-stream counter. They only need to be unique within the stream.
-#[derive(Debug, Default)]
-struct Nonces(u64);
+/// A response's nonce: a per-stream counter, sent in decimal. Nonces only need to be unique
+/// within their stream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Nonce(u64);
 
-impl Nonces {
-    fn next(&mut self) -> String {
-        self.0 += 1;
-        self.0.to_string()
+impl From<u64> for Nonce {
+    fn from(n: u64) -> Self {
+        Self(n)
     }
 }
 
-/// `version` as `version_info`: what its `Display` writes (the first 16 bytes in lowercase
-/// hex), without the formatting machinery, once per response.
-fn version_info(version: Version) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(32);
-    for &b in &version.as_bytes()[..16] {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 0xf)]));
+impl std::fmt::Display for Nonce {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
     }
-    out
 }
 
-/// Whether `nonce` is `n` as [`Nonces`] writes it (decimal), without allocating.
-fn is_nonce(nonce: &str, n: u64) -> bool {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut rest = n;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
+impl Nonce {
+    /// The nonce after this one.
+    fn next(self) -> Self {
+        Self(self.0 + 1)
+    }
+
+    /// The nonce in decimal, written into `buf` without allocating.
+    pub(crate) fn digits(self, buf: &mut [u8; 20]) -> &[u8] {
+        let mut at = buf.len();
+        let mut rest = self.0;
+        loop {
+            at -= 1;
+            buf[at] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
         }
+        &buf[at..]
     }
-    nonce.as_bytes() == &digits[at..]
+
+    /// Whether a client's `response_nonce` is this nonce.
+    fn is(self, nonce: &str) -> bool {
+        nonce.as_bytes() == self.digits(&mut [0; 20])
+    }
 }
 
 /// One state-of-the-world stream (`StreamSecrets`).
@@ -238,10 +243,8 @@ pub(crate) struct Sotw {
     current: BTreeMap<SecretName, Arc<Secret>>,
     /// What the last response carried.
     sent: BTreeMap<SecretName, Arc<Secret>>,
-    nonces: Nonces,
-    /// The nonce of the last response (kept as its counter value), and its version.
-    last_nonce: Option<u64>,
-    last_version: Option<Version>,
+    /// The nonce and version of the last response.
+    last: Option<(Nonce, Version)>,
     dirty: bool,
     limits: StreamLimits,
 }
@@ -264,11 +267,11 @@ impl Sotw {
         subs: &mut dyn Subscriptions,
     ) -> Result<(Ack, Option<SotwResponse>), Refusal> {
         check_type(req.type_url)?;
-        let ack = match (self.last_nonce, req.response_nonce) {
+        let ack = match (self.last, req.response_nonce) {
             // A first request, or one that reconnects with state from another stream: the
             // nonce means nothing to us, so it is answered like a first request.
             (None, _) | (_, "") => Ack::None,
-            (Some(last), nonce) if !is_nonce(nonce, last) => {
+            (Some((last, _)), nonce) if !last.is(nonce) => {
                 return Ok((
                     Ack::Stale {
                         nonce: nonce.to_owned(),
@@ -276,10 +279,10 @@ impl Sotw {
                     None,
                 ));
             }
-            (Some(_), nonce) => match &req.error_detail {
+            (Some((_, version)), nonce) => match &req.error_detail {
                 Some(rejection) => Ack::Nacked {
                     nonce: nonce.to_owned(),
-                    version: self.last_version.map(|v| v.to_string()).unwrap_or_default(),
+                    version: version.to_string(),
                     rejection: rejection.clone(),
                 },
                 None => Ack::Acked {
@@ -287,7 +290,7 @@ impl Sotw {
                 },
             },
         };
-        let first = self.last_nonce.is_none() || req.response_nonce.is_empty();
+        let first = self.last.is_none() || req.response_nonce.is_empty();
         if first && !req.version_info.is_empty() {
             tracing::debug!(
                 version = %Untrusted::new(req.version_info, SHOWN_CHARS),
@@ -379,16 +382,15 @@ impl Sotw {
                 Version::combine(&versions)
             }
         };
-        let nonce = self.nonces.next();
-        self.last_nonce = Some(self.nonces.0);
-        self.last_version = Some(version);
+        let nonce = self.last.map_or(Nonce::default(), |(n, _)| n).next();
+        self.last = Some((nonce, version));
         let carried = resources
             .iter()
             .map(|(n, s)| (n.clone(), Arc::clone(s)))
             .collect();
         self.sent = resources;
         Some(SotwResponse {
-            version_info: version_info(version),
+            version,
             nonce,
             resources: carried,
         })
@@ -414,10 +416,11 @@ pub(crate) struct Delta {
     sent: BTreeMap<SecretName, Version>,
     /// Names whose latest value the client lacks.
     owed: BTreeMap<SecretName, Option<Arc<Secret>>>,
-    nonces: Nonces,
+    /// The nonce of the last response.
+    nonce: Nonce,
     /// Responses not yet acknowledged (nonce, what they carried), oldest first, for NACK
     /// reports and stale-nonce detection. Described in words only when a NACK is reported.
-    in_flight: VecDeque<(String, Carried)>,
+    in_flight: VecDeque<(Nonce, Carried)>,
     /// Bytes of the names in `names`.
     name_bytes: usize,
     limits: StreamLimits,
@@ -478,7 +481,7 @@ impl Delta {
             let found = self
                 .in_flight
                 .iter()
-                .position(|(n, _)| n == req.response_nonce);
+                .position(|(n, _)| n.is(req.response_nonce));
             // Acknowledging a response also settles every older one.
             match found
                 .and_then(|i| self.in_flight.drain(..=i).next_back())
@@ -576,7 +579,8 @@ impl Delta {
                 }
             }
         }
-        let nonce = self.nonces.next();
+        self.nonce = self.nonce.next();
+        let nonce = self.nonce;
         let carried = Carried {
             first: resources
                 .iter()
@@ -586,7 +590,7 @@ impl Delta {
                 .collect(),
             count: resources.len() + removed.len(),
         };
-        self.in_flight.push_back((nonce.clone(), carried));
+        self.in_flight.push_back((nonce, carried));
         // A client that never answers must not grow this without bound.
         if self.in_flight.len() > MAX_IN_FLIGHT {
             self.in_flight.pop_front();
@@ -606,17 +610,3 @@ impl Delta {
 
 #[cfg(test)]
 mod tests;
-
-#[cfg(test)]
-mod version_info_tests {
-    use sds_core::Version;
-
-    #[test]
-    fn version_info_is_what_display_writes() {
-        let mut version = Version::combine([]);
-        for _ in 0..8 {
-            assert_eq!(super::version_info(version), version.to_string());
-            version = Version::combine([&version]);
-        }
-    }
-}

@@ -94,13 +94,17 @@ fn sotw_first_request_ack_nack_stale() {
     assert_eq!(ack, Ack::None);
     let resp = resp.expect("first request is answered");
     assert_eq!(sent_names(&resp), ["a"]);
-    assert_eq!(resp.version_info, a.version().to_string());
+    assert_eq!(resp.version.to_string(), a.version().to_string());
     assert!(world.watched.contains("a"));
 
     // ACK: nothing to send.
     let (ack, resp) = s
         .on_request(
-            &sotw(&req_names, &resp.version_info, &resp.nonce),
+            &sotw(
+                &req_names,
+                &resp.version.to_string(),
+                &resp.nonce.to_string(),
+            ),
             &mut world,
         )
         .expect("ok");
@@ -111,11 +115,12 @@ fn sotw_first_request_ack_nack_stale() {
     let a2 = secret("a");
     s.on_change(&name("a"), Some(a2.clone()));
     let pushed = s.take_response().expect("change is pushed");
-    assert_eq!(pushed.version_info, a2.version().to_string());
+    assert_eq!(pushed.version.to_string(), a2.version().to_string());
 
     // NACK of that push: recorded, never resent.
     let accepted = a.version().to_string();
-    let mut req = sotw(&req_names, &accepted, &pushed.nonce);
+    let pushed_nonce = pushed.nonce.to_string();
+    let mut req = sotw(&req_names, &accepted, &pushed_nonce);
     req.error_detail = nack();
     let (ack, resp) = s.on_request(&req, &mut world).expect("ok");
     match ack {
@@ -145,7 +150,7 @@ fn sotw_first_request_ack_nack_stale() {
     let a3 = secret("a");
     s.on_change(&name("a"), Some(a3.clone()));
     assert_eq!(
-        s.take_response().expect("new version").version_info,
+        s.take_response().expect("new version").version.to_string(),
         a3.version().to_string()
     );
 }
@@ -212,12 +217,15 @@ fn sotw_subscribe_unsubscribe_and_many_names() {
     // Adding a name sends the full subscribed set.
     let two = names(&["a", "b"]);
     let resp = s
-        .on_request(&sotw(&two, &resp.version_info, &resp.nonce), &mut world)
+        .on_request(
+            &sotw(&two, &resp.version.to_string(), &resp.nonce.to_string()),
+            &mut world,
+        )
         .expect("ok")
         .1
         .expect("added name is sent");
     assert_eq!(sent_names(&resp), ["a", "b"]);
-    assert_ne!(resp.version_info, a.version().to_string());
+    assert_ne!(resp.version.to_string(), a.version().to_string());
 
     // A change of one name sends both: responses carry every subscribed secret.
     let b2 = secret("b");
@@ -238,7 +246,10 @@ fn sotw_subscribe_unsubscribe_and_many_names() {
 
     // Dropping a name unsubscribes without a response.
     let (_, none) = s
-        .on_request(&sotw(&one, &resp.version_info, &resp.nonce), &mut world)
+        .on_request(
+            &sotw(&one, &resp.version.to_string(), &resp.nonce.to_string()),
+            &mut world,
+        )
         .expect("ok");
     assert!(none.is_none());
     assert!(!world.watched.contains("b"));
@@ -251,7 +262,10 @@ fn sotw_subscribe_unsubscribe_and_many_names() {
     // Empty names: unsubscribe from everything (no wildcard for SDS).
     let empty = names(&[]);
     let (_, none) = s
-        .on_request(&sotw(&empty, &resp.version_info, &resp.nonce), &mut world)
+        .on_request(
+            &sotw(&empty, &resp.version.to_string(), &resp.nonce.to_string()),
+            &mut world,
+        )
         .expect("ok");
     assert!(none.is_none());
     assert!(world.watched.is_empty());
@@ -309,7 +323,7 @@ fn delta_subscribe_ack_nack_change() {
     assert!(resp.removed.is_empty());
 
     let (ack, resp2) = d
-        .on_request(&delta(&none, &none, &resp.nonce), &mut world)
+        .on_request(&delta(&none, &none, &resp.nonce.to_string()), &mut world)
         .expect("ok");
     assert!(matches!(ack, Ack::Acked { .. }));
     assert!(resp2.is_none());
@@ -320,7 +334,8 @@ fn delta_subscribe_ack_nack_change() {
     assert_eq!(delta_names(&resp), ["missing"]);
 
     // NACK: no resend.
-    let mut req = delta(&none, &none, &resp.nonce);
+    let resp_nonce = resp.nonce.to_string();
+    let mut req = delta(&none, &none, &resp_nonce);
     req.error_detail = nack();
     let (ack, again) = d.on_request(&req, &mut world).expect("ok");
     assert!(matches!(ack, Ack::Nacked { .. }), "{ack:?}");

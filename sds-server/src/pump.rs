@@ -1,0 +1,399 @@
+//! The per-stream pump: reads a stream's requests and the changes of the secrets it watches,
+//! feeds them to its sans-IO [`session`](crate::session), and encodes what the session
+//! decides to send. Runs while the transport polls the response body; spawns nothing.
+
+use std::{collections::BTreeMap, sync::Arc, time::Instant};
+
+use futures_core::Stream;
+use futures_util::{FutureExt, future};
+use sds_core::{Secret, SecretName, SecretWatch, Untrusted};
+use sds_proto::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use std::sync::atomic::Ordering;
+use tonic::Status;
+
+use crate::{
+    encode::Encoder,
+    framing::Frame,
+    requests::Inbound,
+    service::Inner,
+    session::{
+        Ack, Delta, DeltaRequest, DeltaResponse, Refusal, Rejection, SHOWN_CHARS, Sotw,
+        SotwRequest, SotwResponse, StreamLimits, Subscriptions,
+    },
+    shutdown::Signal,
+    status,
+};
+
+/// A session driven by one gRPC stream: the protocol-specific half of [`Pump`].
+pub(crate) trait Protocol: Send + 'static {
+    type Request: Send + 'static;
+    type Response: Send + 'static;
+
+    /// A new session held to `limits`.
+    fn new(limits: StreamLimits) -> Self;
+
+    /// The node id sent with a request, if any.
+    fn node_id(req: &Self::Request) -> Option<&str>;
+    fn on_request(
+        &mut self,
+        req: &Self::Request,
+        subs: &mut dyn Subscriptions,
+    ) -> Result<(Ack, Option<Self::Response>), Refusal>;
+    fn on_change(&mut self, name: &SecretName, secret: Option<Arc<Secret>>);
+    fn take_response(&mut self) -> Option<Self::Response>;
+    /// The names subscribed to: for log context only.
+    fn names(&self) -> String;
+    /// The frame that carries `response`.
+    fn encode(response: &Self::Response, encoder: &Encoder) -> Frame;
+}
+
+/// The per-stream pump: reads requests and secret changes, feeds the session, encodes its
+/// responses. Runs while tonic polls the response stream; ends when the client goes away.
+pub(crate) struct Pump<P: Protocol, I> {
+    inner: Arc<Inner>,
+    inbound: I,
+    session: P,
+    watches: Watches,
+    /// The node id the client claims, escaped and cut short for logs.
+    node: String,
+    /// NACK logging, at most one WARN line per `Limits::nack_log_interval`.
+    nack_log: NackLog,
+    /// Resolves on [`SdsService::shutdown`].
+    shutdown: Signal,
+}
+
+/// When this stream last logged a NACK at WARN, and how many it has not logged since.
+#[derive(Debug, Default)]
+struct NackLog {
+    last: Option<Instant>,
+    unlogged: u64,
+}
+
+impl<P: Protocol, I: Inbound<P::Request>> Pump<P, I> {
+    pub(crate) fn new(inner: Arc<Inner>, inbound: I) -> Self {
+        let session = P::new(inner.stream_limits());
+        inner
+            .counters
+            .streams_opened
+            .fetch_add(1, Ordering::Relaxed);
+        let watches = Watches {
+            inner: Arc::clone(&inner),
+            map: BTreeMap::new(),
+        };
+        let shutdown = inner.shutdown.signal();
+        Self {
+            inner,
+            inbound,
+            session,
+            watches,
+            node: String::new(),
+            nack_log: NackLog::default(),
+            shutdown,
+        }
+    }
+
+    /// The stream of response frames; ends after an error status.
+    pub(crate) fn run(self) -> impl Stream<Item = Result<Frame, Status>> + Send {
+        futures_util::stream::unfold(Some(self), |pump| async move {
+            let mut pump = pump?;
+            match pump.next().await {
+                Some(Ok(response)) => {
+                    let frame = P::encode(&response, &pump.inner.encoder);
+                    Some((Ok(frame), Some(pump)))
+                }
+                // After an error the stream ends: no state is carried on.
+                Some(Err(status)) => Some((Err(status), None)),
+                None => None,
+            }
+        })
+    }
+
+    /// The next message for the client, or `None` when the stream is over.
+    async fn next(&mut self) -> Option<Result<P::Response, Status>> {
+        loop {
+            let skip_node = !self.node.is_empty();
+            let response = tokio::select! {
+                message = self.inbound.message(skip_node) => match message {
+                    Ok(Some(req)) => match self.on_request(&req) {
+                        Ok(response) => response,
+                        Err(status) => return Some(Err(status)),
+                    },
+                    Ok(None) => {
+                        tracing::debug!(node = %self.node, "client closed the stream");
+                        return None;
+                    }
+                    Err(status) => {
+                        // A request we cannot read (or the client reset the stream): the
+                        // client gets the real status, if it still listens.
+                        tracing::debug!(
+                            node = %self.node, code = ?status.code(),
+                            message = %Untrusted::new(status.message(), 4 * SHOWN_CHARS),
+                            "stream ended by a request error"
+                        );
+                        return Some(Err(status));
+                    }
+                },
+                () = self.shutdown.down() => {
+                    tracing::debug!(node = %self.node, "ending the stream: shutting down");
+                    return Some(Err(status::shutting_down()));
+                }
+                () = self.watches.changed() => {
+                    // The session ignores values it already has.
+                    for (name, watch) in self.watches.map.iter_mut() {
+                        self.session.on_change(name, watch.current());
+                    }
+                    self.session.take_response()
+                }
+            };
+            if let Some(response) = response {
+                self.inner
+                    .counters
+                    .responses
+                    .fetch_add(1, Ordering::Relaxed);
+                return Some(Ok(response));
+            }
+        }
+    }
+
+    fn on_request(&mut self, req: &P::Request) -> Result<Option<P::Response>, Status> {
+        if self.node.is_empty()
+            && let Some(id) = P::node_id(req).filter(|id| !id.is_empty())
+        {
+            self.node = Untrusted::new(id, SHOWN_CHARS).to_string();
+        }
+        let (ack, response) = match self.session.on_request(req, &mut self.watches) {
+            Ok(answer) => answer,
+            Err(refusal) => {
+                let status = self.inner.refuse(refusal);
+                tracing::warn!(
+                    node = %self.node, code = ?status.code(), reason = status.message(),
+                    "refusing a request; ending its stream"
+                );
+                return Err(status);
+            }
+        };
+        match ack {
+            Ack::None => {
+                tracing::debug!(node = %self.node, names = %self.session.names(), "subscription")
+            }
+            Ack::Acked { nonce } => {
+                tracing::debug!(node = %self.node, nonce = %Untrusted::new(&nonce, SHOWN_CHARS), "ACK")
+            }
+            Ack::Stale { nonce } => tracing::debug!(
+                node = %self.node, nonce = %Untrusted::new(&nonce, SHOWN_CHARS),
+                "ignoring stale nonce"
+            ),
+            Ack::Nacked {
+                nonce,
+                version,
+                rejection,
+            } => self.on_nack(&nonce, &version, &rejection),
+        }
+        Ok(response)
+    }
+
+    /// Counts a NACK and logs it: at WARN at most once per `nack_log_interval` on this
+    /// stream, with the count of those not logged since; the others at DEBUG.
+    fn on_nack(&mut self, nonce: &str, version: &str, rejection: &Rejection) {
+        self.inner.counters.nacks.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let due = self
+            .nack_log
+            .last
+            .is_none_or(|last| now.duration_since(last) >= self.inner.limits.nack_log_interval);
+        let error = Untrusted::new(&rejection.message, 4 * SHOWN_CHARS);
+        let nonce = Untrusted::new(nonce, SHOWN_CHARS);
+        if !due {
+            self.nack_log.unlogged += 1;
+            tracing::debug!(
+                node = %self.node, %nonce, version, code = rejection.code, %error, "NACK"
+            );
+            return;
+        }
+        let unlogged = std::mem::take(&mut self.nack_log.unlogged);
+        self.nack_log.last = Some(now);
+        tracing::warn!(
+            node = %self.node, names = %self.session.names(), %nonce, version,
+            code = rejection.code, %error, unlogged_since_last = unlogged,
+            "Envoy rejected (NACK) the secrets sent; it keeps its previous version, \
+             and this version will not be resent"
+        );
+    }
+}
+
+impl<P: Protocol, I> Drop for Pump<P, I> {
+    fn drop(&mut self) {
+        self.inner
+            .counters
+            .streams_closed
+            .fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The NACK of a request, if it is one. Its message was cut to `MAX_NACK_MESSAGE` bytes
+/// while the request was read.
+fn rejection(status: Option<&sds_proto::google::rpc::Status>) -> Option<Rejection> {
+    status.map(|s| Rejection {
+        code: s.code,
+        message: s.message.clone(),
+    })
+}
+
+impl Protocol for Sotw {
+    type Request = DiscoveryRequest;
+    type Response = SotwResponse;
+
+    fn new(limits: StreamLimits) -> Self {
+        Sotw::new(limits)
+    }
+
+    fn node_id(req: &DiscoveryRequest) -> Option<&str> {
+        req.node.as_ref().map(|n| n.id.as_str())
+    }
+
+    fn on_request(
+        &mut self,
+        req: &DiscoveryRequest,
+        subs: &mut dyn Subscriptions,
+    ) -> Result<(Ack, Option<SotwResponse>), Refusal> {
+        let view = SotwRequest {
+            version_info: &req.version_info,
+            resource_names: &req.resource_names,
+            type_url: &req.type_url,
+            response_nonce: &req.response_nonce,
+            error_detail: rejection(req.error_detail.as_ref()),
+        };
+        Sotw::on_request(self, &view, subs)
+    }
+
+    fn on_change(&mut self, name: &SecretName, secret: Option<Arc<Secret>>) {
+        Sotw::on_change(self, name, secret)
+    }
+
+    fn take_response(&mut self) -> Option<SotwResponse> {
+        Sotw::take_response(self)
+    }
+
+    fn names(&self) -> String {
+        status::shown_names(Sotw::names(self))
+    }
+
+    fn encode(response: &SotwResponse, encoder: &Encoder) -> Frame {
+        encoder.sotw(&response.resources, response.version, response.nonce)
+    }
+}
+
+impl Protocol for Delta {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaResponse;
+
+    fn new(limits: StreamLimits) -> Self {
+        Delta::new(limits)
+    }
+
+    fn node_id(req: &DeltaDiscoveryRequest) -> Option<&str> {
+        req.node.as_ref().map(|n| n.id.as_str())
+    }
+
+    fn on_request(
+        &mut self,
+        req: &DeltaDiscoveryRequest,
+        subs: &mut dyn Subscriptions,
+    ) -> Result<(Ack, Option<DeltaResponse>), Refusal> {
+        let view = DeltaRequest {
+            type_url: &req.type_url,
+            subscribe: &req.resource_names_subscribe,
+            unsubscribe: &req.resource_names_unsubscribe,
+            initial_resource_versions: req
+                .initial_resource_versions
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect(),
+            response_nonce: &req.response_nonce,
+            error_detail: rejection(req.error_detail.as_ref()),
+        };
+        Delta::on_request(self, &view, subs)
+    }
+
+    fn on_change(&mut self, name: &SecretName, secret: Option<Arc<Secret>>) {
+        Delta::on_change(self, name, secret)
+    }
+
+    fn take_response(&mut self) -> Option<DeltaResponse> {
+        Delta::take_response(self)
+    }
+
+    fn names(&self) -> String {
+        status::shown_names(Delta::names(self))
+    }
+
+    fn encode(response: &DeltaResponse, encoder: &Encoder) -> Frame {
+        encoder.delta(&response.resources, &response.removed, response.nonce)
+    }
+}
+
+/// The secrets one stream watches, counted against the server's [`Budget`].
+struct Watches {
+    inner: Arc<Inner>,
+    map: BTreeMap<SecretName, SecretWatch>,
+}
+
+impl Subscriptions for Watches {
+    fn subscribe(&mut self, name: &SecretName) -> Result<Option<Arc<Secret>>, Refusal> {
+        let watch = match self.map.entry(name.clone()) {
+            std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::btree_map::Entry::Vacant(entry) => {
+                self.inner
+                    .budget
+                    .take(name.as_str().len(), &self.inner.limits)
+                    .map_err(Refusal::ServerFull)?;
+                entry.insert(self.inner.reader.watch(name))
+            }
+        };
+        Ok(watch.current())
+    }
+
+    fn unsubscribe(&mut self, name: &SecretName) {
+        if self.map.remove(name).is_some() {
+            self.inner.budget.give_back(name.as_str().len());
+        }
+    }
+}
+
+impl Drop for Watches {
+    fn drop(&mut self) {
+        for name in self.map.keys() {
+            self.inner.budget.give_back(name.as_str().len());
+        }
+    }
+}
+
+impl Watches {
+    /// Waits until at least one watched secret changed; read them with
+    /// [`SecretWatch::current`].
+    async fn changed(&mut self) {
+        match self.map.len() {
+            0 => future::pending().await,
+            1 => {
+                let Some(watch) = self.map.values_mut().next() else {
+                    return;
+                };
+                if watch.changed().await.is_err() {
+                    // The publisher is gone: nothing will ever change again.
+                    future::pending::<()>().await;
+                }
+            }
+            _ => {
+                let waits = self.map.values_mut().map(|w| {
+                    async move {
+                        if w.changed().await.is_err() {
+                            future::pending::<()>().await;
+                        }
+                    }
+                    .boxed()
+                });
+                future::select_all(waits).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! The SDS service as a tonic server: routes `StreamSecrets` and `DeltaSecrets` to a
+//! [`Pump`](crate::pump::Pump) over this crate's own framing, and `FetchSecrets` to tonic's
+//! generated server.
+
+use std::{
+    convert::Infallible,
+    fmt,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use sds_core::Untrusted;
+use sds_proto::envoy::service::secret::v3::secret_discovery_service_server::{
+    SERVICE_NAME, SecretDiscoveryServiceServer,
+};
+use tonic::{
+    Status,
+    body::Body,
+    codegen::{BoxFuture, Service, StdError, http},
+    server::NamedService,
+};
+
+use crate::{
+    SdsService,
+    fetch::Fetch,
+    framing::Frames,
+    pump::{Protocol, Pump},
+    requests::{Decode, Requests},
+    service::Inner,
+    session::{Delta, SHOWN_CHARS, Sotw},
+};
+
+const STREAM_SECRETS: &str = "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets";
+const DELTA_SECRETS: &str = "/envoy.service.secret.v3.SecretDiscoveryService/DeltaSecrets";
+
+/// The SDS service as a tonic server: add it with `Server::builder().add_service(..)`.
+///
+/// Made by [`SdsService::into_server`]. `StreamSecrets` and `DeltaSecrets` are framed by
+/// this crate: requests are read from the HTTP/2 frames as they arrive, keeping only what the
+/// protocol uses, and no stream has a codec buffer (see the crate docs). `FetchSecrets` goes
+/// through tonic's codec.
+#[derive(Clone)]
+pub struct SecretDiscoveryServer {
+    inner: Arc<Inner>,
+    fetch: SecretDiscoveryServiceServer<Fetch>,
+}
+
+// === impl SdsService ===
+
+impl SdsService {
+    /// The tonic service to add to a `tonic::transport::Server`: the only way to serve it.
+    pub fn into_server(self) -> SecretDiscoveryServer {
+        let inner = self.inner;
+        // FetchSecrets goes through tonic's codec, which holds a whole request: as much as a
+        // stream may keep, plus room for a client's `Node`.
+        let max_fetch = inner.limits.max_kept_per_request() + 256 * 1024;
+        let fetch = SecretDiscoveryServiceServer::new(Fetch {
+            inner: Arc::clone(&inner),
+        })
+        .max_decoding_message_size(max_fetch);
+        SecretDiscoveryServer { inner, fetch }
+    }
+}
+
+// === impl SecretDiscoveryServer ===
+
+impl fmt::Debug for SecretDiscoveryServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretDiscoveryServer")
+            .field("limits", &self.inner.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NamedService for SecretDiscoveryServer {
+    const NAME: &'static str = SERVICE_NAME;
+}
+
+impl<B> Service<http::Request<B>> for SecretDiscoveryServer
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let response = match request.uri().path() {
+            STREAM_SECRETS => streaming::<Sotw, _>(&self.inner, request),
+            DELTA_SECRETS => streaming::<Delta, _>(&self.inner, request),
+            _ => return self.fetch.call(request),
+        };
+        Box::pin(std::future::ready(Ok(response)))
+    }
+}
+
+/// Starts a stream of protocol `P` on `request`.
+fn streaming<P, B>(inner: &Arc<Inner>, request: http::Request<B>) -> http::Response<Body>
+where
+    P: Protocol,
+    P::Request: Decode,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    if let Err(status) = inner.refuse_when_shutting_down() {
+        return status.into_http();
+    }
+    if let Some(encoding) = request
+        .headers()
+        .get("grpc-encoding")
+        .filter(|e| e.as_bytes() != b"identity")
+    {
+        let encoding = Untrusted::lossy(encoding.as_bytes(), SHOWN_CHARS);
+        return Status::unimplemented(format!(
+            "requests compressed with \"{encoding}\" are not supported"
+        ))
+        .into_http();
+    }
+    let max_kept = inner.limits.max_kept_per_request();
+    let inbound = Requests::<P::Request>::new(Body::new(request.into_body()), max_kept);
+    let frames = Pump::<P, _>::new(Arc::clone(inner), inbound).run();
+    let mut response = http::Response::new(Body::new(Frames::new(frames)));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    response
+}

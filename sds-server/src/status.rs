@@ -1,0 +1,63 @@
+//! What a client is told when it is refused: the one mapping from the protocol's refusals to
+//! gRPC statuses, and how client-supplied names are shown in text.
+
+use sds_core::SecretName;
+use sds_proto::SECRET_TYPE_URL;
+use tonic::Status;
+
+use crate::{limits::Exceeded, session::Refusal};
+
+/// Most names listed in a log line or an error; the others are counted.
+const MAX_NAMES_SHOWN: usize = 10;
+
+/// Maps a refused request to the status that ends its stream (or answers its fetch). Every
+/// text in it that came from the client is escaped and cut short already (see [`Refusal`]).
+pub(crate) fn refusal(refusal: Refusal) -> Status {
+    match refusal {
+        Refusal::WrongType(type_url) => Status::invalid_argument(format!(
+            "this server only serves {SECRET_TYPE_URL}, not \"{type_url}\""
+        )),
+        Refusal::InvalidName { shown, problem } => {
+            Status::invalid_argument(format!("invalid secret name \"{shown}\": {problem}"))
+        }
+        Refusal::TooManyNames { count, max } => Status::resource_exhausted(format!(
+            "{count} secret names on one stream; at most {max} are served per stream"
+        )),
+        Refusal::TooManyNameBytes { bytes, max } => Status::resource_exhausted(format!(
+            "the secret names on one stream are {bytes} bytes long together; at most {max} \
+             bytes are served per stream"
+        )),
+        Refusal::ServerFull(Exceeded::Names(max)) => Status::resource_exhausted(format!(
+            "the server holds its limit of {max} subscriptions; try again later"
+        )),
+        Refusal::ServerFull(Exceeded::Bytes(max)) => Status::resource_exhausted(format!(
+            "the server holds its limit of {max} bytes of subscribed names; try again later"
+        )),
+    }
+}
+
+/// Ends streams, and refuses new ones, once the service shuts down.
+pub(crate) fn shutting_down() -> Status {
+    Status::unavailable("the SDS server is shutting down; reconnect")
+}
+
+/// Validated names for a log line or an error: the first [`MAX_NAMES_SHOWN`], then how many
+/// more.
+pub(crate) fn shown_names<'a>(names: impl Iterator<Item = &'a SecretName>) -> String {
+    let mut out = String::new();
+    let mut more = 0usize;
+    for (i, name) in names.enumerate() {
+        if i >= MAX_NAMES_SHOWN {
+            more += 1;
+            continue;
+        }
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(name.as_str());
+    }
+    if more > 0 {
+        out.push_str(&format!(" and {more} more"));
+    }
+    out
+}
