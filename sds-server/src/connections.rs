@@ -117,7 +117,10 @@ impl<S> fmt::Debug for Guard<S> {
             .field("limits", &self.limits)
             .field(
                 "open",
-                &(self.limits.max_connections - self.permits.available_permits()),
+                &(self
+                    .limits
+                    .max_connections
+                    .saturating_sub(self.permits.available_permits())),
             )
             .finish_non_exhaustive()
     }

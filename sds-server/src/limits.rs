@@ -21,7 +21,8 @@ pub struct Limits {
     /// Most names one stream may subscribe to at once. Default 100.
     pub names_per_stream: usize,
     /// Most bytes of names one stream may subscribe to at once (the sum of their lengths).
-    /// Default 32 KiB: 100 names of Istio's longest form, `kubernetes://NS/NAME`.
+    /// Default 16 KiB: 100 names of 160 bytes, or 48 of Istio's longest,
+    /// `kubernetes://NS/NAME` with a 63-byte namespace and a 253-byte name.
     pub name_bytes_per_stream: usize,
     /// Most subscriptions (a name on a stream) held by all streams together. Default 200,000.
     pub names_total: usize,
@@ -36,7 +37,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             names_per_stream: 100,
-            name_bytes_per_stream: 32 * 1024,
+            name_bytes_per_stream: 16 * 1024,
             names_total: 200_000,
             name_bytes_total: 32 * 1024 * 1024,
             nack_log_interval: Duration::from_secs(60),
@@ -47,19 +48,28 @@ impl Default for Limits {
 impl Limits {
     /// The `SETTINGS_MAX_CONCURRENT_STREAMS` an embedding server should announce:
     /// `tonic::transport::Server::builder().max_concurrent_streams(Limits::MAX_CONCURRENT_STREAMS)`.
-    /// tonic announces no limit unless told to. Envoy opens one stream per secret and opens
-    /// another connection when a server's limit is reached.
-    pub const MAX_CONCURRENT_STREAMS: u32 = 100;
+    /// tonic announces no limit unless told to.
+    ///
+    /// Envoy opens one stream per secret, all on one connection, and attaches them before the
+    /// server's SETTINGS arrive: the streams beyond the limit are refused once (Envoy counts an
+    /// `update_failure` for each), then retried on a second connection. 1,000 keeps gateways
+    /// with up to 1,000 credentials on one connection with nothing refused.
+    pub const MAX_CONCURRENT_STREAMS: u32 = 1_000;
 
     /// Most bytes kept from one request while it is read: the names a stream may hold, their
     /// protobuf framing (the names of a delta request's `initial_resource_versions` come with
-    /// a version each), and 16 KiB for the other fields. Everything else (Envoy's `Node`
-    /// beyond its id and cluster, unknown fields) is skipped as it arrives.
-    pub(crate) fn max_kept_per_request(&self) -> usize {
+    /// a version each), and 8 KiB for the other fields (node id and cluster, nonce, version,
+    /// type URL, a NACK's code and message). Everything else (Envoy's `Node` beyond its id
+    /// and cluster, unknown fields, NACK details) is skipped as it arrives.
+    ///
+    /// ```
+    /// assert_eq!(sds_server::Limits::default().max_kept_per_request(), 45_760);
+    /// ```
+    pub fn max_kept_per_request(&self) -> usize {
         self.name_bytes_per_stream
             .saturating_mul(2)
             .saturating_add(self.names_per_stream.saturating_mul(48))
-            .saturating_add(16 * 1024)
+            .saturating_add(8 * 1024)
     }
 }
 

@@ -410,6 +410,20 @@ impl Envoy {
         })
     }
 
+    /// Every counter and gauge whose full name matches the regular expression `regex` (Envoy's
+    /// `/stats?filter=`), by name, in one admin request; histograms are left out.
+    ///
+    /// E.g. `^cluster\.sds\.upstream_cx_` or `^sds\..*\.update_success$`.
+    pub fn stats_matching(&self, regex: &str) -> std::collections::BTreeMap<String, u64> {
+        let body = self.admin_get(&format!("/stats?filter={}", url_encode(regex)));
+        body.lines()
+            .filter_map(|line| {
+                let (n, v) = line.split_once(": ")?;
+                Some((n.to_owned(), v.trim().parse().ok()?))
+            })
+            .collect()
+    }
+
     /// Polls [`Envoy::stat`] until `predicate` holds for its value; returns the value.
     ///
     /// # Panics
