@@ -1,0 +1,121 @@
+//! What a subscribed name costs the server, measured with a counting allocator: the memory a
+//! stream holds grows by a small, stated amount per name, whatever the client sends.
+//!
+//! Its own test binary: the allocator counts every allocation of the process.
+
+use std::{alloc::System, net::SocketAddr, time::Duration};
+
+use bytes::Bytes;
+use prost::Message;
+use sds_core::Update;
+use sds_proto::envoy::service::discovery::v3::DiscoveryRequest;
+use sds_server::SdsService;
+use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+use tokio_stream::wrappers::TcpListenerStream;
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+/// The most a subscribed name may cost beyond its own bytes: the sessions's entry, the
+/// stream's watch, and the watch channel every stream of that name shares.
+const MAX_BYTES_PER_NAME: i64 = 1024;
+
+const STREAM_SECRETS: &str = "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets";
+
+/// Opens one stream subscribing to `names` over a raw HTTP/2 connection; returns what must be
+/// kept alive for the stream to stay open.
+async fn subscribe(addr: SocketAddr, names: Vec<String>) -> impl Sized {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (client, connection) = h2::client::handshake(tcp).await.expect("handshake");
+    tokio::spawn(connection);
+    let mut client = client.ready().await.expect("ready");
+    let request = http::Request::post(format!("http://{addr}{STREAM_SECRETS}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("request");
+    let (response, mut send) = client.send_request(request, false).expect("send");
+    let message = DiscoveryRequest {
+        resource_names: names,
+        ..DiscoveryRequest::default()
+    }
+    .encode_to_vec();
+    let mut body = vec![0];
+    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    body.extend_from_slice(&message);
+    send.send_data(Bytes::from(body), false).expect("data");
+    (client, send, response)
+}
+
+/// Live bytes allocated by the process while `n` names of `len` bytes are subscribed on one
+/// stream, once the server holds them.
+async fn live_bytes_for(
+    addr: SocketAddr,
+    sds: &SdsService,
+    n: usize,
+    len: usize,
+    tag: &str,
+) -> i64 {
+    let names: Vec<String> = (0..n)
+        .map(|i| {
+            format!("{tag}{i:06}")
+                .chars()
+                .chain(std::iter::repeat('x'))
+                .take(len)
+                .collect()
+        })
+        .collect();
+    let region = Region::new(GLOBAL);
+    let held = subscribe(addr, names).await;
+    let before = sds.stats().subscriptions;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while sds.stats().subscriptions < before + n as u64 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the server holds the names");
+    // Let the connection settle (request buffers released).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let change = region.change();
+    std::mem::forget(held);
+    change.bytes_allocated as i64 - change.bytes_deallocated as i64
+}
+
+#[tokio::test]
+async fn a_subscribed_name_costs_a_bounded_number_of_bytes() {
+    let (mut reader, driver) = sds_core::publish(sds_core::from_stream(
+        futures_util::stream::iter([Ok::<_, std::io::Error>(Update::new())])
+            .chain(futures_util::stream::pending()),
+    ));
+    tokio::spawn(driver);
+    reader.ready().await.expect("ready");
+    let sds = SdsService::new(reader);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(sds.clone().into_server())
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    // Warm up whatever is allocated once (the connection machinery, the runtime's timers).
+    let _ = live_bytes_for(addr, &sds, 1, 64, "warm").await;
+
+    // The same stream cost with 1 and with 100 names: the slope is the cost of a name.
+    let len = 160;
+    let one = live_bytes_for(addr, &sds, 1, len, "a").await;
+    let hundred = live_bytes_for(addr, &sds, 100, len, "b").await;
+    let per_name = (hundred - one) / 99;
+    eprintln!(
+        "one stream: {one} bytes with 1 name, {hundred} with 100 names of {len} bytes: \
+         {per_name} bytes per subscribed name"
+    );
+    assert!(
+        per_name <= len as i64 + MAX_BYTES_PER_NAME,
+        "{per_name} bytes per name of {len} bytes"
+    );
+}
+
+use futures_util::StreamExt as _;
