@@ -12,7 +12,10 @@ use sds::{
     server::{Limits, SdsService, connections},
 };
 use tokio::net::{TcpListener, UnixListener};
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_stream::{
+    StreamExt as _,
+    wrappers::{TcpListenerStream, UnixListenerStream},
+};
 use tracing_subscriber::EnvFilter;
 
 /// Logs to stderr, `info` unless `RUST_LOG` says otherwise, colours only on a terminal.
@@ -95,7 +98,14 @@ pub(crate) async fn serve(
                 .await
                 .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
             tracing::info!(address = %listener.local_addr()?, "listening (TCP)");
-            let incoming = connections::guard(TcpListenerStream::new(listener), guard);
+            // As tonic does for the listeners it binds itself: responses are small and must
+            // not wait for Nagle's algorithm (about 40 ms with delayed ACKs).
+            let accepted = TcpListenerStream::new(listener).map(|conn| {
+                let conn = conn?;
+                conn.set_nodelay(true)?;
+                Ok(conn)
+            });
+            let incoming = connections::guard(accepted, guard);
             drain(server.serve_with_incoming_shutdown(incoming, stop)).await
         }
         Listen::Unix(path) => {

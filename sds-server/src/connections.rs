@@ -1,11 +1,15 @@
 //! Accepting connections so that no client can pin the server: a bound on open connections,
-//! a deadline for the HTTP/2 handshake, and a pause when the process runs out of file
-//! descriptors.
+//! a deadline for the HTTP/2 handshake, a pause when the process runs out of file
+//! descriptors, and each connection's share of the [`Limits`](crate::Limits)
+//! ([`Limits::names_per_connection`](crate::Limits::names_per_connection),
+//! [`Limits::pending_bytes_per_connection`](crate::Limits::pending_bytes_per_connection)).
 //!
 //! tonic's accept loop retries a failed `accept` at once, so at the file-descriptor limit
 //! (`EMFILE`) it spins at 100 % CPU while the pending connection stays in the backlog; and it
 //! keeps a connection that never sends a byte open forever. Wrap the listener's stream with
-//! [`guard`] before handing it to tonic:
+//! [`guard`] before handing it to tonic (and, for TCP, set `TCP_NODELAY` on each accepted
+//! socket as tonic does on the listeners it binds itself, or small responses wait for
+//! Nagle's algorithm):
 //!
 //! ```no_run
 //! # async fn demo(sds: sds_server::SdsService) -> Result<(), Box<dyn std::error::Error>> {
@@ -38,14 +42,19 @@ use tokio::{
     sync::{AcquireError, OwnedSemaphorePermit, Semaphore},
     time::Sleep,
 };
-use tonic::transport::server::Connected;
+use tonic::{
+    codegen::http,
+    transport::server::{Connected, TcpConnectInfo, UdsConnectInfo},
+};
+
+use crate::limits::ConnectionBudget;
 
 /// What [`guard`] enforces.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ConnectionLimits {
-    /// A connection that has not sent the HTTP/2 connection preface and the header of its
-    /// first frame within this time is closed. Default 10 s.
+    /// A connection that has not sent the HTTP/2 connection preface and its first frame
+    /// (SETTINGS) within this time is closed. Default 10 s.
     pub handshake_timeout: Duration,
     /// Most connections open at once; beyond it, new connections wait in the listen backlog
     /// until one closes. Default 10,000.
@@ -66,9 +75,9 @@ impl Default for ConnectionLimits {
     }
 }
 
-/// Bytes a client sends to complete the start of an HTTP/2 connection: the 24-byte preface
-/// and the 9-byte header of its SETTINGS frame.
-const HANDSHAKE_BYTES: usize = 24 + 9;
+/// The client's connection preface, and the header of the SETTINGS frame that must follow it.
+const PREFACE: usize = 24;
+const FRAME_HEADER: usize = 9;
 
 /// The first pause after an accept failed for lack of resources.
 const FIRST_BACKOFF: Duration = Duration::from_millis(10);
@@ -178,8 +187,13 @@ where
                     let deadline = Box::pin(tokio::time::sleep(this.limits.handshake_timeout));
                     return Poll::Ready(Some(Ok(Guarded {
                         io,
-                        handshake: Some(Handshake { deadline, read: 0 }),
+                        handshake: Some(Handshake {
+                            deadline,
+                            read: 0,
+                            head: [0; PREFACE + FRAME_HEADER],
+                        }),
                         timeout: this.limits.handshake_timeout,
+                        budget: Arc::default(),
                         _permit: permit,
                     })));
                 }
@@ -216,12 +230,67 @@ pub struct Guarded<IO> {
     io: IO,
     handshake: Option<Handshake>,
     timeout: Duration,
+    budget: Arc<ConnectionBudget>,
     _permit: Option<OwnedSemaphorePermit>,
 }
 
 struct Handshake {
     deadline: Pin<Box<Sleep>>,
+    /// Bytes read so far.
     read: usize,
+    /// The preface and the first frame's header, as read.
+    head: [u8; PREFACE + FRAME_HEADER],
+}
+
+impl Handshake {
+    /// Records bytes read; true once the preface and the whole first frame have arrived.
+    fn read(&mut self, bytes: &[u8]) -> bool {
+        let into_head = (self.head.len() - self.read.min(self.head.len())).min(bytes.len());
+        let at = self.read.min(self.head.len());
+        self.head[at..at + into_head].copy_from_slice(&bytes[..into_head]);
+        self.read += bytes.len();
+        if self.read < self.head.len() {
+            return false;
+        }
+        // The first frame's length: 24 bits, big-endian, at the start of its header.
+        let len = usize::from(self.head[PREFACE]) << 16
+            | usize::from(self.head[PREFACE + 1]) << 8
+            | usize::from(self.head[PREFACE + 2]);
+        self.read >= PREFACE + FRAME_HEADER + len
+    }
+}
+
+/// The connection information tonic puts in the extensions of each request of a [`Guarded`]
+/// connection: the inner connection's (for a TCP connection, a [`TcpConnectInfo`] with the
+/// peer's address; for a Unix socket, a [`UdsConnectInfo`] with its credentials) and the
+/// connection's share of the limits.
+///
+/// tonic's `Request::remote_addr` looks for a bare `TcpConnectInfo`; with a guarded
+/// connection, read `request.extensions().get::<ConnectInfo<TcpConnectInfo>>()` instead.
+#[derive(Clone, Debug)]
+pub struct ConnectInfo<T> {
+    inner: T,
+    budget: Arc<ConnectionBudget>,
+}
+
+impl<T> ConnectInfo<T> {
+    /// The inner connection's information.
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+}
+
+/// The budget of the connection a request came on, if it was accepted through [`guard`]
+/// (as a TCP or Unix-socket connection).
+pub(crate) fn budget(extensions: &http::Extensions) -> Option<Arc<ConnectionBudget>> {
+    extensions
+        .get::<ConnectInfo<TcpConnectInfo>>()
+        .map(|c| Arc::clone(&c.budget))
+        .or_else(|| {
+            extensions
+                .get::<ConnectInfo<UdsConnectInfo>>()
+                .map(|c| Arc::clone(&c.budget))
+        })
 }
 
 impl<IO> Guarded<IO> {
@@ -240,10 +309,13 @@ impl<IO> fmt::Debug for Guarded<IO> {
 }
 
 impl<IO: Connected> Connected for Guarded<IO> {
-    type ConnectInfo = IO::ConnectInfo;
+    type ConnectInfo = ConnectInfo<IO::ConnectInfo>;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.io.connect_info()
+        ConnectInfo {
+            inner: self.io.connect_info(),
+            budget: Arc::clone(&self.budget),
+        }
     }
 }
 
@@ -261,8 +333,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
         };
         match polled {
             Poll::Ready(Ok(())) => {
-                handshake.read += buf.filled().len() - before;
-                if handshake.read >= HANDSHAKE_BYTES {
+                if handshake.read(&buf.filled()[before..]) {
                     this.handshake = None;
                 }
                 Poll::Ready(Ok(()))

@@ -64,6 +64,7 @@ mod service;
 mod session;
 mod shutdown;
 mod status;
+mod warnings;
 
 pub use crate::{
     limits::Limits,

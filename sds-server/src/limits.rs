@@ -24,6 +24,14 @@ pub struct Limits {
     /// Default 16 KiB: 100 names of 160 bytes, or 48 of Istio's longest,
     /// `kubernetes://NS/NAME` with a 63-byte namespace and a 253-byte name.
     pub name_bytes_per_stream: usize,
+    /// Most subscriptions (a name on a stream) held by the streams of one connection.
+    /// Default 10,000. Counted for connections accepted through
+    /// [`connections::guard`](crate::connections::guard) (TCP and Unix sockets).
+    pub names_per_connection: usize,
+    /// Most bytes of partly received requests one connection may make the server hold.
+    /// Default 4 MiB: Envoy's requests keep a few hundred bytes each. Counted as
+    /// [`Limits::names_per_connection`] is.
+    pub pending_bytes_per_connection: usize,
     /// Most subscriptions (a name on a stream) held by all streams together. Default 200,000.
     pub names_total: usize,
     /// Most bytes of names held by all streams together. Default 32 MiB.
@@ -38,6 +46,8 @@ impl Default for Limits {
         Self {
             names_per_stream: 100,
             name_bytes_per_stream: 16 * 1024,
+            names_per_connection: 10_000,
+            pending_bytes_per_connection: 4 * 1024 * 1024,
             names_total: 200_000,
             name_bytes_total: 32 * 1024 * 1024,
             nack_log_interval: Duration::from_secs(60),
@@ -73,6 +83,15 @@ impl Limits {
     }
 }
 
+/// Takes `n` from `counter` if it stays within `max`.
+fn take(counter: &AtomicUsize, n: usize, max: usize) -> bool {
+    counter
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+            held.checked_add(n).filter(|&after| after <= max)
+        })
+        .is_ok()
+}
+
 /// The subscriptions all streams hold, against [`Limits::names_total`] and
 /// [`Limits::name_bytes_total`].
 #[derive(Debug, Default)]
@@ -84,12 +103,10 @@ pub(crate) struct Budget {
 impl Budget {
     /// Takes one name of `len` bytes from the budget, or says which limit it would exceed.
     pub(crate) fn take(&self, len: usize, limits: &Limits) -> Result<(), Exceeded> {
-        if self.names.fetch_add(1, Ordering::Relaxed) >= limits.names_total {
-            self.names.fetch_sub(1, Ordering::Relaxed);
+        if !take(&self.names, 1, limits.names_total) {
             return Err(Exceeded::Names(limits.names_total));
         }
-        if self.bytes.fetch_add(len, Ordering::Relaxed) + len > limits.name_bytes_total {
-            self.bytes.fetch_sub(len, Ordering::Relaxed);
+        if !take(&self.bytes, len, limits.name_bytes_total) {
             self.names.fetch_sub(1, Ordering::Relaxed);
             return Err(Exceeded::Bytes(limits.name_bytes_total));
         }
@@ -108,9 +125,47 @@ impl Budget {
     }
 }
 
-/// Which server-wide limit a subscription would exceed.
+/// What the streams of one connection hold, against [`Limits::names_per_connection`] and
+/// [`Limits::pending_bytes_per_connection`]. Made by [`connections::guard`] for each
+/// connection; found by the server in each request's extensions.
+///
+/// [`connections::guard`]: crate::connections::guard
+#[derive(Debug, Default)]
+pub(crate) struct ConnectionBudget {
+    names: AtomicUsize,
+    pending: AtomicUsize,
+}
+
+impl ConnectionBudget {
+    /// Takes one subscription, or says it would exceed `max`.
+    pub(crate) fn take_name(&self, max: usize) -> Result<(), Exceeded> {
+        if take(&self.names, 1, max) {
+            Ok(())
+        } else {
+            Err(Exceeded::ConnectionNames(max))
+        }
+    }
+
+    /// Gives back one subscription.
+    pub(crate) fn give_back_name(&self) {
+        self.names.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Takes `n` bytes of a partly received request, or returns false past `max`.
+    pub(crate) fn take_pending(&self, n: usize, max: usize) -> bool {
+        take(&self.pending, n, max)
+    }
+
+    /// Gives back `n` bytes of partly received requests.
+    pub(crate) fn give_back_pending(&self, n: usize) {
+        self.pending.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
+/// Which limit a subscription would exceed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Exceeded {
     Names(usize),
     Bytes(usize),
+    ConnectionNames(usize),
 }

@@ -14,6 +14,7 @@ use tonic::Status;
 use crate::{
     encode::Encoder,
     framing::Frame,
+    limits::ConnectionBudget,
     requests::Inbound,
     service::Inner,
     session::{
@@ -70,7 +71,13 @@ struct NackLog {
 }
 
 impl<P: Protocol, I: Inbound<P::Request>> Pump<P, I> {
-    pub(crate) fn new(inner: Arc<Inner>, inbound: I) -> Self {
+    /// A pump for one stream; its subscriptions also count against `connection`, the budget
+    /// of the connection it came on, if known.
+    pub(crate) fn new(
+        inner: Arc<Inner>,
+        inbound: I,
+        connection: Option<Arc<ConnectionBudget>>,
+    ) -> Self {
         let session = P::new(inner.stream_limits());
         inner
             .counters
@@ -78,6 +85,7 @@ impl<P: Protocol, I: Inbound<P::Request>> Pump<P, I> {
             .fetch_add(1, Ordering::Relaxed);
         let watches = Watches {
             inner: Arc::clone(&inner),
+            connection,
             map: BTreeMap::new(),
         };
         let shutdown = inner.shutdown.signal();
@@ -165,10 +173,17 @@ impl<P: Protocol, I: Inbound<P::Request>> Pump<P, I> {
             Ok(answer) => answer,
             Err(refusal) => {
                 let status = self.inner.refuse(refusal);
-                tracing::warn!(
-                    node = %self.node, code = ?status.code(), reason = status.message(),
-                    "refusing a request; ending its stream"
-                );
+                match self.inner.warnings.allow() {
+                    Some(suppressed) => tracing::warn!(
+                        node = %self.node, code = ?status.code(), reason = status.message(),
+                        suppressed_since_last = suppressed,
+                        "refusing a request; ending its stream"
+                    ),
+                    None => tracing::debug!(
+                        node = %self.node, code = ?status.code(), reason = status.message(),
+                        "refusing a request; ending its stream"
+                    ),
+                }
                 return Err(status);
             }
         };
@@ -201,20 +216,29 @@ impl<P: Protocol, I: Inbound<P::Request>> Pump<P, I> {
             .nack_log
             .last
             .is_none_or(|last| now.duration_since(last) >= self.inner.limits.nack_log_interval);
-        let error = Untrusted::new(&rejection.message, 4 * SHOWN_CHARS);
-        let nonce = Untrusted::new(nonce, SHOWN_CHARS);
-        if !due {
+        // Once per stream and interval, and a few lines a second server-wide.
+        let suppressed = if due {
+            self.inner.warnings.allow()
+        } else {
+            None
+        };
+        let Some(suppressed) = suppressed else {
             self.nack_log.unlogged += 1;
             tracing::debug!(
-                node = %self.node, %nonce, version, code = rejection.code, %error, "NACK"
+                node = %self.node, nonce = %Untrusted::new(nonce, SHOWN_CHARS), version,
+                code = rejection.code, error = %Untrusted::new(&rejection.message, 4 * SHOWN_CHARS),
+                "NACK"
             );
             return;
-        }
+        };
+        let error = Untrusted::new(&rejection.message, 4 * SHOWN_CHARS);
+        let nonce = Untrusted::new(nonce, SHOWN_CHARS);
         let unlogged = std::mem::take(&mut self.nack_log.unlogged);
         self.nack_log.last = Some(now);
         tracing::warn!(
             node = %self.node, names = %self.session.names(), %nonce, version,
-            code = rejection.code, %error, unlogged_since_last = unlogged,
+            code = rejection.code, %error, unlogged_on_stream = unlogged,
+            suppressed_since_last = suppressed,
             "Envoy rejected (NACK) the secrets sent; it keeps its previous version, \
              and this version will not be resent"
         );
@@ -335,6 +359,8 @@ impl Protocol for Delta {
 /// The secrets one stream watches, counted against the server's [`Budget`].
 struct Watches {
     inner: Arc<Inner>,
+    /// The budget of the stream's connection, if known.
+    connection: Option<Arc<ConnectionBudget>>,
     map: BTreeMap<SecretName, SecretWatch>,
 }
 
@@ -343,10 +369,19 @@ impl Subscriptions for Watches {
         let watch = match self.map.entry(name.clone()) {
             std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
             std::collections::btree_map::Entry::Vacant(entry) => {
-                self.inner
-                    .budget
-                    .take(name.as_str().len(), &self.inner.limits)
-                    .map_err(Refusal::ServerFull)?;
+                let len = name.as_str().len();
+                let limits = &self.inner.limits;
+                if let Some(connection) = &self.connection {
+                    connection
+                        .take_name(limits.names_per_connection)
+                        .map_err(Refusal::ServerFull)?;
+                }
+                if let Err(exceeded) = self.inner.budget.take(len, limits) {
+                    if let Some(connection) = &self.connection {
+                        connection.give_back_name();
+                    }
+                    return Err(Refusal::ServerFull(exceeded));
+                }
                 entry.insert(self.inner.reader.watch(name))
             }
         };
@@ -355,7 +390,16 @@ impl Subscriptions for Watches {
 
     fn unsubscribe(&mut self, name: &SecretName) {
         if self.map.remove(name).is_some() {
-            self.inner.budget.give_back(name.as_str().len());
+            self.give_back(name);
+        }
+    }
+}
+
+impl Watches {
+    fn give_back(&self, name: &SecretName) {
+        self.inner.budget.give_back(name.as_str().len());
+        if let Some(connection) = &self.connection {
+            connection.give_back_name();
         }
     }
 }
@@ -363,7 +407,7 @@ impl Subscriptions for Watches {
 impl Drop for Watches {
     fn drop(&mut self) {
         for name in self.map.keys() {
-            self.inner.budget.give_back(name.as_str().len());
+            self.give_back(name);
         }
     }
 }

@@ -17,6 +17,7 @@ use std::{
     future::{Future, poll_fn},
     marker::PhantomData,
     pin::Pin,
+    sync::Arc,
 };
 
 use bytes::{Buf, Bytes};
@@ -27,7 +28,7 @@ use prost::{
 use sds_proto::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use tonic::{Status, body::Body};
 
-use crate::framing::PREFIX;
+use crate::{framing::PREFIX, limits::ConnectionBudget};
 
 /// The largest request accepted, as tonic's default (4 MiB). Only the fields a stream keeps
 /// are held in memory (see [`Filter`]); the rest is skipped as it arrives.
@@ -104,12 +105,16 @@ pub(crate) struct Requests<T> {
 }
 
 impl<T: Decode> Requests<T> {
-    /// Reads requests from `body`, keeping at most `max_kept` bytes of any one request.
-    pub(crate) fn new(body: Body, max_kept: usize) -> Self {
+    /// Reads requests from `body`, keeping at most `max_kept` bytes of any one request, and
+    /// counting the bytes of a partly received request against its connection's `pending`
+    /// budget, if any.
+    pub(crate) fn new(body: Body, max_kept: usize, pending: Option<Pending>) -> Self {
+        let mut filter = Filter::new(&T::SCHEMA, max_kept);
+        filter.pending = pending;
         Self {
             body,
             pending: Bytes::new(),
-            filter: Filter::new(&T::SCHEMA, max_kept),
+            filter,
             ended: false,
             _message: PhantomData,
         }
@@ -173,6 +178,50 @@ pub(crate) struct Filter {
     inner: Option<Inner>,
     /// Whether this message's `node` is skipped (latched at its start).
     skip_node: bool,
+    /// The connection's budget for partly received requests, and what this one holds of it.
+    pending: Option<Pending>,
+}
+
+/// A connection's budget of bytes held for partly received requests.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    budget: Arc<ConnectionBudget>,
+    max: usize,
+    /// Bytes of the current message taken from the budget.
+    held: usize,
+}
+
+impl Pending {
+    /// Counts against `budget`, up to `max` bytes in all.
+    pub(crate) fn new(budget: Arc<ConnectionBudget>, max: usize) -> Self {
+        Self {
+            budget,
+            max,
+            held: 0,
+        }
+    }
+
+    fn take(&mut self, n: usize) -> Result<(), Status> {
+        if !self.budget.take_pending(n, self.max) {
+            return Err(Status::resource_exhausted(format!(
+                "this connection's partly received requests hold {} bytes, its limit",
+                self.max
+            )));
+        }
+        self.held += n;
+        Ok(())
+    }
+
+    fn release(&mut self) {
+        self.budget
+            .give_back_pending(std::mem::take(&mut self.held));
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 /// A sub-message whose fields are filtered too.
@@ -226,6 +275,7 @@ impl Filter {
             message_left: 0,
             inner: None,
             skip_node: false,
+            pending: None,
         }
     }
 
@@ -343,6 +393,9 @@ impl Filter {
                  subscribe to fewer or shorter names per stream",
                 self.max_kept
             )));
+        }
+        if let Some(pending) = self.pending.as_mut() {
+            pending.take(bytes.len())?;
         }
         match self.inner.as_mut() {
             Some(inner) => inner.kept.extend_from_slice(bytes),
@@ -462,6 +515,10 @@ impl Filter {
                 buf: [0; PREFIX],
                 filled: 0,
             };
+            // Complete: decoded at once and dropped, no longer pending.
+            if let Some(pending) = self.pending.as_mut() {
+                pending.release();
+            }
             return Some(std::mem::take(&mut self.kept));
         }
         None

@@ -22,11 +22,11 @@ use tonic::{
 };
 
 use crate::{
-    SdsService,
+    SdsService, connections,
     fetch::Fetch,
     framing::Frames,
     pump::{Protocol, Pump},
-    requests::{Decode, Requests},
+    requests::{Decode, Pending, Requests},
     service::Inner,
     session::{Delta, SHOWN_CHARS, Sotw},
 };
@@ -122,9 +122,13 @@ where
         ))
         .into_http();
     }
+    let connection = connections::budget(request.extensions());
+    let pending = connection
+        .clone()
+        .map(|budget| Pending::new(budget, inner.limits.pending_bytes_per_connection));
     let max_kept = inner.limits.max_kept_per_request();
-    let inbound = Requests::<P::Request>::new(Body::new(request.into_body()), max_kept);
-    let frames = Pump::<P, _>::new(Arc::clone(inner), inbound).run();
+    let inbound = Requests::<P::Request>::new(Body::new(request.into_body()), max_kept, pending);
+    let frames = Pump::<P, _>::new(Arc::clone(inner), inbound, connection).run();
     let mut response = http::Response::new(Body::new(Frames::new(frames)));
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,

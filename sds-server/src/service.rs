@@ -19,6 +19,7 @@ use crate::{
     session::{Refusal, StreamLimits},
     shutdown::Shutdown,
     status,
+    warnings::Warnings,
 };
 
 /// The SDS service: add [`SdsService::into_server`] to your own tonic server.
@@ -40,6 +41,8 @@ pub(crate) struct Inner {
     pub(crate) budget: Budget,
     /// Set once by [`SdsService::shutdown`]; every stream watches it.
     pub(crate) shutdown: Arc<Shutdown>,
+    /// The WARN lines clients cause, bounded server-wide.
+    pub(crate) warnings: Warnings,
 }
 
 #[derive(Default)]
@@ -88,6 +91,7 @@ impl SdsService {
                 limits,
                 budget: Budget::default(),
                 shutdown: Arc::default(),
+                warnings: Warnings::default(),
             }),
         }
     }

@@ -33,6 +33,9 @@ pub(crate) fn refusal(refusal: Refusal) -> Status {
         Refusal::ServerFull(Exceeded::Bytes(max)) => Status::resource_exhausted(format!(
             "the server holds its limit of {max} bytes of subscribed names; try again later"
         )),
+        Refusal::ServerFull(Exceeded::ConnectionNames(max)) => Status::resource_exhausted(format!(
+            "this connection's streams hold their limit of {max} subscriptions"
+        )),
     }
 }
 

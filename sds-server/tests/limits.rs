@@ -433,6 +433,17 @@ async fn connections_that_never_start_http2_are_closed() {
         .await
         .expect("write");
     silent.push(partial);
+    // Nor does the preface with the header of a SETTINGS frame whose payload never comes.
+    let mut header_only = tokio::net::TcpStream::connect(h.addr)
+        .await
+        .expect("connect");
+    tokio::io::AsyncWriteExt::write_all(
+        &mut header_only,
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x06\x04\x00\x00\x00\x00\x00",
+    )
+    .await
+    .expect("write");
+    silent.push(header_only);
     for mut conn in silent {
         let mut buf = [0u8; 64];
         let closed = tokio::time::timeout(Duration::from_secs(5), async {
@@ -495,4 +506,137 @@ async fn at_most_max_connections_are_served_at_once() {
         .await
         .expect("fetch");
     assert_eq!(fetched.into_inner().resources.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_shares_its_budget_and_cannot_lock_out_others() {
+    let mut h = start(limits(|l| l.names_per_connection = 3), Default::default()).await;
+    let (_a, mut a) = sotw(&mut h, request(&["a", "b"], "one")).await;
+    assert!(next(&mut a).await.expect("served").is_some());
+    let (_b, mut b) = sotw(&mut h, request(&["a", "c"], "two")).await;
+    let refused = next(&mut b)
+        .await
+        .expect_err("over the connection's budget");
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(refused.message().contains("this connection"), "{refused:?}");
+
+    // Another connection has a budget of its own.
+    let channel = Channel::from_shared(format!("http://{}", h.addr))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut other = Harness {
+        client: SecretDiscoveryServiceClient::new(channel),
+        addr: h.addr,
+        sds: h.sds.clone(),
+        _updates: h._updates.clone(),
+    };
+    let (_c, mut c) = sotw(&mut other, request(&["a", "b", "c"], "three")).await;
+    assert!(next(&mut c).await.expect("served").is_some());
+}
+
+/// Starts a raw gRPC stream on `client` sending `body` without ending it.
+fn raw_stream(
+    client: &mut h2::client::SendRequest<Bytes>,
+    addr: SocketAddr,
+    body: Vec<u8>,
+) -> (h2::client::ResponseFuture, h2::SendStream<Bytes>) {
+    let request = http::Request::post(format!("http://{addr}{STREAM_SECRETS}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("request");
+    let (response, mut send) = client.send_request(request, false).expect("send");
+    send.send_data(Bytes::from(body), false).expect("data");
+    (response, send)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_requests_of_a_connection_share_its_pending_budget() {
+    let h = start(
+        limits(|l| l.pending_bytes_per_connection = 2_000),
+        Default::default(),
+    )
+    .await;
+    let tcp = tokio::net::TcpStream::connect(h.addr)
+        .await
+        .expect("connect");
+    let (client, connection) = h2::client::handshake(tcp).await.expect("handshake");
+    tokio::spawn(connection);
+    let mut client = client.ready().await.expect("ready");
+    // A request announcing 100 KB, of which 1,500 bytes of names arrive, then nothing.
+    let names = |n: usize, tag: &str| {
+        let mut fields = Vec::new();
+        for i in 0..n {
+            let name = format!("{tag}-{i:04}-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx");
+            fields.push(0x1a); // resource_names = 3
+            fields.push(name.len() as u8);
+            fields.extend_from_slice(name.as_bytes());
+        }
+        fields
+    };
+    let first = names(25, "first");
+    let (_first, _keep_first) = raw_stream(&mut client, h.addr, framed(0, 100_000, &first));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A second half-sent request on the same connection goes over the 2,000 bytes.
+    let second = names(25, "second");
+    let (response, _keep_second) = raw_stream(&mut client, h.addr, framed(0, 100_000, &second));
+    let response = tokio::time::timeout(WAIT, response)
+        .await
+        .expect("in time")
+        .expect("response");
+    let (parts, mut body) = response.into_parts();
+    let trailers = match parts.headers.get("grpc-status") {
+        Some(_) => parts.headers,
+        None => {
+            while let Some(data) = body.data().await {
+                let _ = data;
+            }
+            body.trailers().await.expect("trailers").expect("a status")
+        }
+    };
+    assert_eq!(
+        trailers.get("grpc-status").map(|v| v.as_bytes()),
+        Some(&b"8"[..]),
+        "{trailers:?}"
+    );
+    // Other connections are served.
+    let mut client = h.client.clone();
+    let fetched = client
+        .fetch_secrets(request(&["a"], "fetch"))
+        .await
+        .expect("fetch");
+    assert_eq!(fetched.into_inner().resources.len(), 1);
+}
+
+// Single-threaded, so that the thread-local subscriber sees the server's lines.
+#[tokio::test]
+async fn refusals_on_many_streams_are_logged_a_few_times_a_second() {
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(captured.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let mut h = start(Limits::default(), Default::default()).await;
+    let started = std::time::Instant::now();
+    for i in 0..300 {
+        let mut wrong = request(&["a"], &format!("client-{i}"));
+        wrong.type_url = "type.googleapis.com/envoy.config.cluster.v3.Cluster".to_owned();
+        let (_tx, mut s) = sotw(&mut h, wrong).await;
+        assert!(next(&mut s).await.is_err());
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    let warnings = captured
+        .text()
+        .lines()
+        .filter(|l| l.contains("refusing a request"))
+        .count() as u64;
+    assert!(
+        (1..=10 * (seconds + 1)).contains(&warnings),
+        "{warnings} WARN lines for 300 refusals in {seconds} s"
+    );
+    assert_eq!(h.sds.stats().refused, 300);
 }
