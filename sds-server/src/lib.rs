@@ -37,15 +37,15 @@
 //!
 //! # What one client may cost
 //! Every stream is held to [`Limits`] (names and bytes of names per stream, subscriptions
-//! in all), and a stream that asks for more ends with `RESOURCE_EXHAUSTED` while the others go
-//! on. A request is read as its HTTP/2 frames arrive and only the fields the protocol uses are
+//! and partly received requests per connection, subscriptions in all), and a stream that asks
+//! for more ends with `RESOURCE_EXHAUSTED` while the others go on. A request is read as its HTTP/2 frames arrive and only the fields the protocol uses are
 //! kept, at most [`Limits`]' names plus 16 KiB; Envoy's `Node` beyond its id and cluster,
 //! unknown fields and NACK details are skipped, and a NACK message over 1 KiB is replaced by
 //! its length. A request that cannot be read ends its stream with its real status
 //! (`INTERNAL`, `UNIMPLEMENTED` for compression, `RESOURCE_EXHAUSTED` over 4 MiB). Client text
 //! (node id, names, NACK messages, type URLs) is escaped and cut short wherever it is logged
-//! or echoed, NACKs are logged at WARN at most once a minute per stream, and no `grpc-message`
-//! is longer than 1 KiB. What the embedding server must add: announce
+//! or echoed, NACKs are logged at WARN at most once a minute per stream, client-caused WARN
+//! lines at most 10 a second in all, and no `grpc-message` is longer than 1 KiB. What the embedding server must add: announce
 //! [`Limits::MAX_CONCURRENT_STREAMS`] and accept through [`connections::guard`], as above.
 
 #[cfg(feature = "__bench")]
