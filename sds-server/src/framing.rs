@@ -40,6 +40,7 @@ impl Frame {
     }
 
     /// This stream's part, and the shared part if any.
+    #[cfg(feature = "__bench")]
     pub(crate) fn into_parts(self) -> (Bytes, Option<Bytes>) {
         (self.head, self.shared)
     }

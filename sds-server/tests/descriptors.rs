@@ -3,15 +3,13 @@
 
 use std::{process::Command, time::Duration};
 
-use futures_util::StreamExt as _;
-use sds_core::{CertifiedKey, Input, SecretName, UnixTime, Update};
 use sds_proto::envoy::service::{
     discovery::v3::DiscoveryRequest,
     secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient,
 };
-use sds_server::{Limits, SdsService, connections};
-use sds_test_util::certs::{Ca, KeyKind, Validity};
-use tokio_stream::wrappers::TcpListenerStream;
+use sds_server::SdsService;
+
+mod support;
 
 /// User plus system CPU time of this process, in clock ticks (1/100 s on Linux), read from
 /// `/proc/self/stat` opened beforehand (no descriptor is left to open it at the limit).
@@ -34,41 +32,8 @@ fn open_descriptors() -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accept_pauses_at_the_descriptor_limit_and_recovers() {
-    let name = SecretName::new("a").expect("name");
-    let leaf = Ca::new("fd test CA").issue(&["a"], KeyKind::EcP256Pkcs8, Validity::current());
-    let credential = CertifiedKey::from_pem(
-        &name,
-        Input {
-            location: "tls.crt",
-            bytes: leaf.chain_pem.as_bytes(),
-        },
-        Input {
-            location: "tls.key",
-            bytes: leaf.key_pem.as_bytes(),
-        },
-        UnixTime::now(),
-    )
-    .expect("valid");
-    let mut update = Update::new();
-    update.insert(name, credential);
-    let (mut reader, driver) = sds_core::publish(sds_core::from_stream(
-        futures_util::stream::iter([Ok::<_, std::io::Error>(update)])
-            .chain(futures_util::stream::pending()),
-    ));
-    tokio::spawn(driver);
-    reader.ready().await.expect("ready");
-    let sds = SdsService::new(reader);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let incoming = connections::guard(TcpListenerStream::new(listener), Default::default());
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .max_concurrent_streams(Limits::MAX_CONCURRENT_STREAMS)
-            .add_service(sds.into_server())
-            .serve_with_incoming(incoming),
-    );
+    let sds = SdsService::new(support::reader(support::credentials(&["a"])).await);
+    let addr = support::serve(&sds, Default::default()).await;
 
     let stat = std::fs::File::open("/proc/self/stat").expect("stat");
     // Room for 40 more descriptors: the client's sockets and the server's use them up.

@@ -3,9 +3,7 @@
 
 use std::{io::Write as _, net::SocketAddr, sync::Arc, time::Duration};
 
-use bytes::Bytes;
 use parking_lot::Mutex;
-use sds_core::{CertifiedKey, Input, SecretName, UnixTime, Update};
 use sds_proto::envoy::{
     config::core::v3::Node,
     service::{
@@ -14,14 +12,15 @@ use sds_proto::envoy::{
     },
 };
 use sds_server::{Limits, SdsService, connections};
-use sds_test_util::certs::{Ca, KeyKind, Validity};
 use tokio::{io::AsyncReadExt as _, sync::mpsc};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, transport::Channel};
 
 const TYPE_URL: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
-const STREAM_SECRETS: &str = "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets";
-const DELTA_SECRETS: &str = "/envoy.service.secret.v3.SecretDiscoveryService/DeltaSecrets";
+
+mod support;
+
+use support::{DELTA_SECRETS, STREAM_SECRETS, framed};
 const WAIT: Duration = Duration::from_secs(10);
 
 /// A server with the credential `a`, held to `limits`, its connections guarded by `guard`.
@@ -29,54 +28,25 @@ struct Harness {
     addr: SocketAddr,
     client: SecretDiscoveryServiceClient<Channel>,
     sds: SdsService,
-    _updates: mpsc::Sender<Result<Update, std::io::Error>>,
 }
 
 async fn start(limits: Limits, guard: connections::ConnectionLimits) -> Harness {
-    let ca = Ca::new("limits test CA");
-    let leaf = ca.issue(&["a"], KeyKind::EcP256Pkcs8, Validity::current());
-    let name = SecretName::new("a").expect("valid name");
-    let credential = CertifiedKey::from_pem(
-        &name,
-        Input {
-            location: "tls.crt",
-            bytes: leaf.chain_pem.as_bytes(),
-        },
-        Input {
-            location: "tls.key",
-            bytes: leaf.key_pem.as_bytes(),
-        },
-        UnixTime::now(),
-    )
-    .expect("valid credential");
-    let mut update = Update::new();
-    update.insert(name, credential);
-    let (tx, rx) = mpsc::channel(4);
-    tx.send(Ok(update)).await.expect("send");
-    let (mut reader, driver) = sds_core::publish(sds_core::from_stream(ReceiverStream::new(rx)));
-    tokio::spawn(driver);
-    reader.ready().await.expect("first snapshot");
-    let sds = SdsService::with_limits(reader, limits);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let incoming = connections::guard(TcpListenerStream::new(listener), guard);
-    let server = tonic::transport::Server::builder()
-        .max_concurrent_streams(Limits::MAX_CONCURRENT_STREAMS)
-        .add_service(sds.clone().into_server());
-    tokio::spawn(server.serve_with_incoming(incoming));
+    let sds = SdsService::with_limits(support::reader(support::credentials(&["a"])).await, limits);
+    let addr = support::serve(&sds, guard).await;
+    Harness {
+        addr,
+        client: client(addr).await,
+        sds,
+    }
+}
+
+async fn client(addr: SocketAddr) -> SecretDiscoveryServiceClient<Channel> {
     let channel = Channel::from_shared(format!("http://{addr}"))
         .expect("uri")
         .connect()
         .await
         .expect("connect");
-    Harness {
-        addr,
-        client: SecretDiscoveryServiceClient::new(channel),
-        sds,
-        _updates: tx,
-    }
+    SecretDiscoveryServiceClient::new(channel)
 }
 
 fn limits(f: impl FnOnce(&mut Limits)) -> Limits {
@@ -202,54 +172,12 @@ async fn the_server_wide_budget_is_given_back_when_streams_end() {
     assert!(next(&mut s3).await.expect("served again").is_some());
 }
 
-/// Sends `body` as the whole request body of a raw gRPC call; returns grpc-status and
-/// grpc-message.
+/// Sends `body` as the whole request body of a raw gRPC call on a new connection; returns
+/// grpc-status and grpc-message.
 async fn raw_call(addr: SocketAddr, path: &str, body: Vec<u8>) -> (String, String) {
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (client, connection) = h2::client::handshake(tcp).await.expect("handshake");
-    tokio::spawn(connection);
-    let mut client = client.ready().await.expect("ready");
-    let request = http::Request::post(format!("http://{addr}{path}"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .expect("request");
-    let (response, mut send) = client.send_request(request, false).expect("send");
-    send.send_data(Bytes::from(body), true).expect("data");
-    let response = tokio::time::timeout(WAIT, response)
-        .await
-        .expect("in time")
-        .expect("response");
-    let (parts, mut body) = response.into_parts();
-    let mut status = parts.headers.clone();
-    if !status.contains_key("grpc-status") {
-        while let Some(data) = tokio::time::timeout(WAIT, body.data())
-            .await
-            .expect("in time")
-        {
-            let data = data.expect("data");
-            let _ = body.flow_control().release_capacity(data.len());
-        }
-        status = tokio::time::timeout(WAIT, body.trailers())
-            .await
-            .expect("in time")
-            .expect("trailers")
-            .expect("a status in trailers");
-    }
-    let get = |k: &str| {
-        status
-            .get(k)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .unwrap_or_default()
-    };
-    (get("grpc-status"), get("grpc-message"))
-}
-
-fn framed(flag: u8, len: u32, payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![flag];
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(payload);
-    out
+    let mut client = support::raw_client(addr).await;
+    let (response, _send) = support::raw_call(&mut client, addr, path, body, true);
+    support::grpc_status(response).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -521,35 +449,13 @@ async fn a_connection_shares_its_budget_and_cannot_lock_out_others() {
     assert!(refused.message().contains("this connection"), "{refused:?}");
 
     // Another connection has a budget of its own.
-    let channel = Channel::from_shared(format!("http://{}", h.addr))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
     let mut other = Harness {
-        client: SecretDiscoveryServiceClient::new(channel),
+        client: client(h.addr).await,
         addr: h.addr,
         sds: h.sds.clone(),
-        _updates: h._updates.clone(),
     };
     let (_c, mut c) = sotw(&mut other, request(&["a", "b", "c"], "three")).await;
     assert!(next(&mut c).await.expect("served").is_some());
-}
-
-/// Starts a raw gRPC stream on `client` sending `body` without ending it.
-fn raw_stream(
-    client: &mut h2::client::SendRequest<Bytes>,
-    addr: SocketAddr,
-    body: Vec<u8>,
-) -> (h2::client::ResponseFuture, h2::SendStream<Bytes>) {
-    let request = http::Request::post(format!("http://{addr}{STREAM_SECRETS}"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .expect("request");
-    let (response, mut send) = client.send_request(request, false).expect("send");
-    send.send_data(Bytes::from(body), false).expect("data");
-    (response, send)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -559,12 +465,7 @@ async fn half_sent_requests_of_a_connection_share_its_pending_budget() {
         Default::default(),
     )
     .await;
-    let tcp = tokio::net::TcpStream::connect(h.addr)
-        .await
-        .expect("connect");
-    let (client, connection) = h2::client::handshake(tcp).await.expect("handshake");
-    tokio::spawn(connection);
-    let mut client = client.ready().await.expect("ready");
+    let mut client = support::raw_client(h.addr).await;
     // A request announcing 100 KB, of which 1,500 bytes of names arrive, then nothing.
     let names = |n: usize, tag: &str| {
         let mut fields = Vec::new();
@@ -577,30 +478,25 @@ async fn half_sent_requests_of_a_connection_share_its_pending_budget() {
         fields
     };
     let first = names(25, "first");
-    let (_first, _keep_first) = raw_stream(&mut client, h.addr, framed(0, 100_000, &first));
+    let (_first, _keep_first) = support::raw_call(
+        &mut client,
+        h.addr,
+        STREAM_SECRETS,
+        framed(0, 100_000, &first),
+        false,
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     // A second half-sent request on the same connection goes over the 2,000 bytes.
     let second = names(25, "second");
-    let (response, _keep_second) = raw_stream(&mut client, h.addr, framed(0, 100_000, &second));
-    let response = tokio::time::timeout(WAIT, response)
-        .await
-        .expect("in time")
-        .expect("response");
-    let (parts, mut body) = response.into_parts();
-    let trailers = match parts.headers.get("grpc-status") {
-        Some(_) => parts.headers,
-        None => {
-            while let Some(data) = body.data().await {
-                let _ = data;
-            }
-            body.trailers().await.expect("trailers").expect("a status")
-        }
-    };
-    assert_eq!(
-        trailers.get("grpc-status").map(|v| v.as_bytes()),
-        Some(&b"8"[..]),
-        "{trailers:?}"
+    let (response, _keep_second) = support::raw_call(
+        &mut client,
+        h.addr,
+        STREAM_SECRETS,
+        framed(0, 100_000, &second),
+        false,
     );
+    let (status, message) = support::grpc_status(response).await;
+    assert_eq!(status, "8", "{message}");
     // Other connections are served.
     let mut client = h.client.clone();
     let fetched = client

@@ -5,13 +5,11 @@
 
 use std::{alloc::System, net::SocketAddr, time::Duration};
 
-use bytes::Bytes;
 use prost::Message;
 use sds_core::Update;
 use sds_proto::envoy::service::discovery::v3::DiscoveryRequest;
 use sds_server::SdsService;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
-use tokio_stream::wrappers::TcpListenerStream;
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
@@ -20,30 +18,20 @@ static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 /// stream's watch, and the watch channel every stream of that name shares.
 const MAX_BYTES_PER_NAME: i64 = 1024;
 
-const STREAM_SECRETS: &str = "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets";
+mod support;
 
 /// Opens one stream subscribing to `names` over a raw HTTP/2 connection; returns what must be
 /// kept alive for the stream to stay open.
 async fn subscribe(addr: SocketAddr, names: Vec<String>) -> impl Sized {
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (client, connection) = h2::client::handshake(tcp).await.expect("handshake");
-    tokio::spawn(connection);
-    let mut client = client.ready().await.expect("ready");
-    let request = http::Request::post(format!("http://{addr}{STREAM_SECRETS}"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .expect("request");
-    let (response, mut send) = client.send_request(request, false).expect("send");
+    let mut client = support::raw_client(addr).await;
     let message = DiscoveryRequest {
         resource_names: names,
         ..DiscoveryRequest::default()
     }
     .encode_to_vec();
-    let mut body = vec![0];
-    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    body.extend_from_slice(&message);
-    send.send_data(Bytes::from(body), false).expect("data");
+    let body = support::framed(0, message.len() as u32, &message);
+    let (response, send) =
+        support::raw_call(&mut client, addr, support::STREAM_SECRETS, body, false);
     (client, send, response)
 }
 
@@ -84,22 +72,8 @@ async fn live_bytes_for(
 
 #[tokio::test]
 async fn a_subscribed_name_costs_a_bounded_number_of_bytes() {
-    let (mut reader, driver) = sds_core::publish(sds_core::from_stream(
-        futures_util::stream::iter([Ok::<_, std::io::Error>(Update::new())])
-            .chain(futures_util::stream::pending()),
-    ));
-    tokio::spawn(driver);
-    reader.ready().await.expect("ready");
-    let sds = SdsService::new(reader);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(sds.clone().into_server())
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
+    let sds = SdsService::new(support::reader(Update::new()).await);
+    let addr = support::serve(&sds, Default::default()).await;
     // Warm up whatever is allocated once (the connection machinery, the runtime's timers).
     let _ = live_bytes_for(addr, &sds, 1, 64, "warm").await;
 
@@ -117,5 +91,3 @@ async fn a_subscribed_name_costs_a_bounded_number_of_bytes() {
         "{per_name} bytes per name of {len} bytes"
     );
 }
-
-use futures_util::StreamExt as _;
