@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     service::Inner,
-    session::{check_type, parse_names},
+    session::{check_type, parse_names, source_name},
     status,
 };
 
@@ -74,7 +74,7 @@ impl SecretDiscoveryService for Fetch {
         let mut missing = Vec::new();
         let mut versions = Vec::new();
         for name in &names {
-            match snapshot.get(name.as_str()) {
+            match snapshot.get(source_name(name).as_str()) {
                 Some(secret) => {
                     resources.extend(inner.encoder.any(name, secret));
                     versions.push(secret.version());

@@ -4,7 +4,11 @@
 //! A resource is named by the credential: `httpbin-credential` is a `tls_certificate`,
 //! `httpbin-credential-cacert` the `validation_context` that verifies clients. Versions are
 //! derived from content (a SHA-256 digest of the DER that is served), so the same credential
-//! has the same version after a restart and on every replica. A state-of-the-world response
+//! has the same version after a restart and on every replica.
+//!
+//! Istio's external-SDS form is accepted on every method: `sds://NAME` (what Istio 1.26+
+//! asks for when a gateway's `credentialName` is `sds://NAME`) is served from the credential
+//! `NAME`, and `sds://NAME-cacert` from `NAME-cacert`, under the name asked for. A state-of-the-world response
 //! with one secret carries that secret's version; with several, a digest of theirs.
 //!
 //! # State of the world (`StreamSecrets`)

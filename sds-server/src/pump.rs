@@ -19,7 +19,7 @@ use crate::{
     service::Inner,
     session::{
         Ack, Delta, DeltaRequest, DeltaResponse, Refusal, Rejection, SHOWN_CHARS, Sotw,
-        SotwRequest, SotwResponse, StreamLimits, Subscriptions,
+        SotwRequest, SotwResponse, StreamLimits, Subscriptions, source_name,
     },
     shutdown::Signal,
     status,
@@ -382,7 +382,7 @@ impl Subscriptions for Watches {
                     }
                     return Err(Refusal::ServerFull(exceeded));
                 }
-                entry.insert(self.inner.reader.watch(name))
+                entry.insert(self.inner.reader.watch(&source_name(name)))
             }
         };
         Ok(watch.current())

@@ -155,15 +155,37 @@ pub(crate) fn check_type(type_url: &str) -> Result<(), Refusal> {
     }
 }
 
+/// Istio's external-SDS form: a gateway whose `credentialName` is `sds://NAME` asks for the
+/// resource `sds://NAME` (and `sds://NAME-cacert`), served from the credential `NAME`.
+const SDS_PREFIX: &str = "sds://";
+
 /// Validates one name as every method does.
 pub(crate) fn parse_name(name: &str) -> Result<SecretName, Refusal> {
-    SecretName::new(name).map_err(|e| Refusal::InvalidName {
+    let invalid = |problem| Refusal::InvalidName {
         shown: Untrusted::new(name, SHOWN_CHARS).to_string(),
-        problem: match e {
+        problem,
+    };
+    let parsed = SecretName::new(name).map_err(|e| {
+        invalid(match e {
             sds_core::Error::InvalidName { problem, .. } => problem,
             _ => "is not a valid resource name",
-        },
-    })
+        })
+    })?;
+    if let Some(credential) = name.strip_prefix(SDS_PREFIX)
+        && SecretName::new(credential).is_err()
+    {
+        return Err(invalid("names no credential after sds://"));
+    }
+    Ok(parsed)
+}
+
+/// The name of the secret a requested name is served from: `NAME` for `sds://NAME`, else
+/// the name itself. The response still names the resource as it was asked for.
+pub(crate) fn source_name(name: &SecretName) -> SecretName {
+    name.as_str()
+        .strip_prefix(SDS_PREFIX)
+        .and_then(|credential| SecretName::new(credential).ok())
+        .unwrap_or_else(|| name.clone())
 }
 
 /// Validates a list of names within `limits` (duplicates count once).

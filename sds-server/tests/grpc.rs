@@ -363,3 +363,69 @@ async fn shutdown_ends_streams_so_the_server_can_drain() {
     };
     assert_eq!(refused.code(), tonic::Code::Unavailable);
 }
+
+/// Istio 1.26+ asks for `sds://NAME` when a gateway's `credentialName` is `sds://NAME`: served
+/// from the credential `NAME`, under the name asked for, on every method.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sds_scheme_names_are_served_from_the_named_credential() {
+    let a1 = Arc::new(credential("a"));
+    let mut h = start(update(&[("a", &a1)])).await;
+
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(sotw_request(&["sds://a"], "", ""))
+        .await
+        .expect("send");
+    let mut sotw = h
+        .client
+        .stream_secrets(ReceiverStream::new(rx))
+        .await
+        .expect("stream")
+        .into_inner();
+    let first = next(&mut sotw).await;
+    assert_eq!(secret_names(&first), ["sds://a"]);
+    assert_eq!(first.version_info, a1.version().to_string());
+
+    let (dtx, drx) = mpsc::channel(4);
+    dtx.send(DeltaDiscoveryRequest {
+        type_url: TYPE_URL.to_owned(),
+        resource_names_subscribe: vec!["sds://a".to_owned()],
+        ..DeltaDiscoveryRequest::default()
+    })
+    .await
+    .expect("send");
+    let mut delta = h
+        .client
+        .delta_secrets(ReceiverStream::new(drx))
+        .await
+        .expect("stream")
+        .into_inner();
+    let first = next(&mut delta).await;
+    assert_eq!(first.resources[0].name, "sds://a");
+    assert_eq!(first.resources[0].version, a1.version().to_string());
+
+    // A rotation of `a` reaches both.
+    let a2 = Arc::new(credential("a"));
+    h.updates
+        .send(Ok(update(&[("a", &a2)])))
+        .await
+        .expect("rotate");
+    assert_eq!(next(&mut sotw).await.version_info, a2.version().to_string());
+    assert_eq!(
+        next(&mut delta).await.resources[0].version,
+        a2.version().to_string()
+    );
+
+    let fetched = h
+        .client
+        .fetch_secrets(sotw_request(&["sds://a"], "", ""))
+        .await
+        .expect("fetch")
+        .into_inner();
+    assert_eq!(secret_names(&fetched), ["sds://a"]);
+    let refused = h
+        .client
+        .fetch_secrets(sotw_request(&["sds://"], "", ""))
+        .await
+        .expect_err("no credential named");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+}
