@@ -456,3 +456,52 @@ fn server_restart_tcp_sotw() {
 fn server_restart_unix_delta() {
     server_restart(Transport::Unix, SdsApi::DeltaGrpc);
 }
+
+/// Istio 1.26+ external SDS: a gateway's `credentialName: sds://httpbin-credential` makes
+/// Envoy ask for `sds://httpbin-credential` and, for mutual TLS,
+/// `sds://httpbin-credential-cacert`; both are served from the credential's files.
+fn istio_external_sds_names(transport: Transport, api: SdsApi) {
+    let server = Server::start(transport);
+    let ca = Ca::new("example.com");
+    let clients = Ca::new("clients.example.com");
+    server.write(
+        "httpbin-credential",
+        &leaf(&ca, HTTPBIN),
+        Some(clients.cert_pem()),
+    );
+    server.wait_for("credential and its -cacert", |s| {
+        s.get("httpbin-credential-cacert").is_some() && s.get("httpbin-credential").is_some()
+    });
+    let (_envoy, port) = server.envoy(
+        api,
+        vec![FilterChain::new("sds://httpbin-credential", &[HTTPBIN]).mutual()],
+    );
+    let server_ca = server.file("example.com.crt", ca.cert_pem());
+    assert!(
+        !get(HTTPBIN, port, &server_ca).success(),
+        "a client without a certificate got in"
+    );
+    let client = clients.issue(
+        &["client.example.com"],
+        KeyKind::EcP256Pkcs8,
+        Validity::current(),
+    );
+    let (cert, key) = (
+        server.file("client.crt", &client.chain_pem),
+        server.file("client.key", &client.key_pem),
+    );
+    assert_served(
+        &curl_https(HTTPBIN, port, &server_ca, Some((&cert, &key))),
+        HTTPBIN,
+    );
+}
+
+#[test]
+fn istio_external_sds_names_tcp_sotw() {
+    istio_external_sds_names(Transport::Tcp, SdsApi::Grpc);
+}
+
+#[test]
+fn istio_external_sds_names_unix_delta() {
+    istio_external_sds_names(Transport::Unix, SdsApi::DeltaGrpc);
+}
