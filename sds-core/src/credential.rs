@@ -20,7 +20,7 @@ use x509_parser::{
 use zeroize::Zeroizing;
 
 use crate::{
-    CertifiedKey, Error, KeyFormat, PrivateKey, SecretName, TrustBundle, Version,
+    CertifiedKey, Error, KeyFormat, PrivateKey, SecretName, TrustBundle, Untrusted, Version,
     error::ParseError,
     pem::{self, Block},
     x509,
@@ -41,10 +41,16 @@ const NOT_LOADABLE: &str = "not a well-formed RSA, ECDSA P-256/P-384 or Ed25519 
 /// What [`Error::MissingPemBlock`] says a key input should hold.
 const KEY_LABELS: &str = "PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY";
 
+/// Most characters of a location an error shows (escaped, see [`Untrusted`]).
+const MAX_LOCATION_CHARS: usize = 512;
+
+/// Most characters of a certificate's subject or issuer an error or log line shows.
+pub(crate) const MAX_NAME_CHARS: usize = 256;
+
 /// One input blob and where it came from, for error messages: e.g.
 /// `/etc/creds/httpbin/tls.key` or ``Secret istio-system/httpbin key `tls.key` ``.
 ///
-/// `Debug` prints the location and the length, never the bytes.
+/// `Debug` prints the location (escaped and cut short) and the length, never the bytes.
 #[derive(Clone, Copy)]
 pub struct Input<'a> {
     /// Where the bytes came from, as the user would recognise it.
@@ -65,7 +71,10 @@ impl<'a> Input<'a> {
 impl fmt::Debug for Input<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Input")
-            .field("location", &self.location)
+            .field(
+                "location",
+                &Untrusted::new(self.location, MAX_LOCATION_CHARS),
+            )
             .field("len", &self.bytes.len())
             .finish()
     }
@@ -92,8 +101,9 @@ impl<'a> Origin<'a> {
         self.credential.clone()
     }
 
+    /// The location as errors show it: escaped and cut short.
     pub(crate) fn location(&self) -> String {
-        self.location.to_owned()
+        Untrusted::new(self.location, MAX_LOCATION_CHARS).to_string()
     }
 }
 
@@ -323,18 +333,18 @@ fn warn_about_anchor(
     if now > x509::unix_time(validity.not_after) || now < x509::unix_time(validity.not_before) {
         tracing::warn!(
             credential = %origin.credential,
-            location = origin.location,
+            location = %origin.location(),
             position,
-            subject = %cert.subject(),
+            subject = %Untrusted::new(&cert.subject().to_string(), MAX_NAME_CHARS),
             "CA certificate is outside its validity window",
         );
     }
     if !cert.is_ca() {
         tracing::warn!(
             credential = %origin.credential,
-            location = origin.location,
+            location = %origin.location(),
             position,
-            subject = %cert.subject(),
+            subject = %Untrusted::new(&cert.subject().to_string(), MAX_NAME_CHARS),
             "certificate in a CA bundle is not a CA certificate",
         );
     }
@@ -359,7 +369,7 @@ fn check_crls(
                 credential: origin.credential(),
                 location: origin.location(),
                 position,
-                issuer: crl.issuer().to_string(),
+                issuer: Untrusted::new(&crl.issuer().to_string(), MAX_NAME_CHARS).to_string(),
                 next_update: next,
                 now,
             });
@@ -494,7 +504,7 @@ fn check_key_matches(
     let mismatch = || Error::KeyMismatch {
         credential: origin.credential(),
         location: origin.location(),
-        chain_location: chain_location.to_owned(),
+        chain_location: Origin::new(origin.credential, chain_location).location(),
     };
     let invalid = |source| Error::InvalidKey {
         credential: origin.credential(),

@@ -10,15 +10,22 @@ use crate::{KeyFormat, SecretName};
 /// credential input that cannot be served.
 ///
 /// Every credential variant names the credential, where the input came from (`location`, as
-/// given in [`Input`](crate::Input)) and what is wrong with it. Messages never contain key
-/// material. Certificate positions count from 1, the leaf, in the order of the input.
+/// given in [`Input`](crate::Input), escaped and cut short like [`Untrusted`](crate::Untrusted))
+/// and what is wrong with it. Certificate positions count from 1, the leaf, in the order of the
+/// input.
+///
+/// No message, `Debug` output or [`source`](std::error::Error::source) ever contains bytes from
+/// inside a PEM block or from a key input, however mangled the input is: problems are told by
+/// position (block, line, column) and length, and a PEM label is quoted only when it is one
+/// of the well-known labels (`CERTIFICATE`, `EC PRIVATE KEY`, …).
 #[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A resource name that cannot be used (empty, too long, whitespace or non-ASCII).
     #[error("invalid secret name \"{name}\": {problem}")]
     InvalidName {
-        /// The offending name, escaped for printing.
+        /// The offending name, escaped and cut short for printing (see
+        /// [`Untrusted`](crate::Untrusted)).
         name: String,
         /// What is wrong with it.
         problem: &'static str,
@@ -95,12 +102,17 @@ pub enum Error {
         location: String,
         /// The PEM block label(s) that were expected, e.g. `CERTIFICATE`.
         expected: &'static str,
-        /// The labels of the PEM blocks that were found instead (possibly none), escaped.
+        /// What was found instead (possibly nothing): each block's label if it is a
+        /// well-known one, else "a block with an unknown label of N bytes".
         found: Vec<String>,
     },
 
-    /// A PEM block is malformed: no END line, a broken BEGIN line, or invalid base64.
-    #[error("credential `{credential}`: {location}: PEM block {block} (`{label}`) is malformed")]
+    /// A PEM block is malformed: no END line, a broken BEGIN line, its line breaks lost, or
+    /// invalid base64.
+    #[error(
+        "credential `{credential}`: {location}: PEM block {block} ({label}) at line {line} is \
+         malformed"
+    )]
     MalformedPem {
         /// The credential the input belongs to.
         credential: SecretName,
@@ -108,9 +120,12 @@ pub enum Error {
         location: String,
         /// Position of the block among all PEM blocks of the input, from 1.
         block: usize,
-        /// The block's label, escaped.
+        /// The line of the block's BEGIN line, from 1.
+        line: usize,
+        /// The block's label if it is a well-known one (`EC PRIVATE KEY`), else "unknown
+        /// label of N bytes".
         label: String,
-        /// What the PEM decoder found wrong.
+        /// What is wrong, by line and column: never the text itself.
         #[source]
         source: ParseError,
     },
@@ -359,16 +374,16 @@ impl Error {
 /// [`Error::InvalidCertificate`], [`Error::InvalidCrl`] and [`Error::InvalidKey`].
 ///
 /// Opaque on purpose: the parsers behind it are not part of this crate's API. Cheap to clone.
-/// Never contains key material.
+/// Never contains bytes of the input: the parsers' own errors, which may quote it (the PEM
+/// decoder quotes a broken BEGIN line whole), are described by position and length instead.
 #[derive(Clone)]
 pub struct ParseError(Cause);
 
+/// Each message is built by this crate from fixed text, positions and lengths only.
 #[derive(Clone)]
 enum Cause {
-    /// Found by our own PEM scan (no END line, broken BEGIN line).
-    Pem(&'static str),
-    /// Base64 or framing error from the PEM decoder.
-    PemDecode(Arc<rustls_pki_types::pem::Error>),
+    /// PEM framing or base64, found by our own scan of the block.
+    Pem(Arc<str>),
     /// ASN.1 / X.509 structure error.
     Der(Arc<str>),
     /// The crypto library refused the key.
@@ -378,25 +393,24 @@ enum Cause {
 // === impl ParseError ===
 
 impl ParseError {
-    pub(crate) fn pem(problem: &'static str) -> Self {
-        Self(Cause::Pem(problem))
+    /// A PEM problem; `problem` must hold no input bytes.
+    pub(crate) fn pem(problem: impl Into<Arc<str>>) -> Self {
+        Self(Cause::Pem(problem.into()))
     }
 
-    pub(crate) fn pem_decode(error: rustls_pki_types::pem::Error) -> Self {
-        Self(Cause::PemDecode(Arc::new(error)))
+    /// A DER problem; `problem` must hold no input bytes.
+    pub(crate) fn der(problem: impl fmt::Display) -> Self {
+        Self(Cause::Der(Arc::from(problem.to_string())))
     }
 
-    pub(crate) fn der(error: impl fmt::Display) -> Self {
-        Self(Cause::Der(Arc::from(error.to_string())))
-    }
-
-    pub(crate) fn key(error: impl fmt::Display) -> Self {
-        Self(Cause::Key(Arc::from(error.to_string())))
+    /// A key the crypto library refused; `problem` must hold no input bytes.
+    pub(crate) fn key(problem: impl fmt::Display) -> Self {
+        Self(Cause::Key(Arc::from(problem.to_string())))
     }
 
     /// Whether the PEM text itself is broken (framing or base64).
     pub fn is_pem(&self) -> bool {
-        matches!(self.0, Cause::Pem(_) | Cause::PemDecode(_))
+        matches!(self.0, Cause::Pem(_))
     }
 
     /// Whether the DER structure (X.509 certificate, CRL, key encoding) is broken.
@@ -413,9 +427,7 @@ impl ParseError {
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {
-            Cause::Pem(problem) => f.write_str(problem),
-            Cause::PemDecode(e) => fmt::Display::fmt(e, f),
-            Cause::Der(e) | Cause::Key(e) => f.write_str(e),
+            Cause::Pem(problem) | Cause::Der(problem) | Cause::Key(problem) => f.write_str(problem),
         }
     }
 }
@@ -423,7 +435,7 @@ impl fmt::Display for ParseError {
 impl fmt::Debug for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match self.0 {
-            Cause::Pem(_) | Cause::PemDecode(_) => "pem",
+            Cause::Pem(_) => "pem",
             Cause::Der(_) => "der",
             Cause::Key(_) => "key",
         };

@@ -2,13 +2,16 @@
 
 use std::{borrow::Borrow, fmt, sync::Arc};
 
-use crate::Error;
+use crate::{Error, Untrusted};
 
 /// The suffix Istio appends to a credential's name to ask for its CA part (`<name>-cacert`).
 pub const CACERT_SUFFIX: &str = "-cacert";
 
 /// Longest resource name we accept, in bytes.
 pub const MAX_NAME_LEN: usize = 1024;
+
+/// Most characters of an invalid name that [`Error::InvalidName`] shows.
+const MAX_SHOWN_CHARS: usize = 64;
 
 /// The name of an SDS resource, e.g. `httpbin-credential`, `httpbin-credential-cacert` or
 /// `kubernetes://istio-system/httpbin-credential`.
@@ -35,7 +38,7 @@ impl SecretName {
         };
         match problem {
             Some(problem) => Err(Error::InvalidName {
-                name: name.escape_debug().to_string(),
+                name: Untrusted::new(name, MAX_SHOWN_CHARS).to_string(),
                 problem,
             }),
             None => Ok(Self(Arc::from(name))),
@@ -113,6 +116,23 @@ mod tests {
         for bad in ["", "a b", "tab\there", "ünï", &"x".repeat(MAX_NAME_LEN + 1)] {
             assert!(SecretName::new(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn invalid_names_are_shown_escaped_and_cut_short() {
+        let long = format!("a\nb{}", "x".repeat(1 << 20));
+        let Err(Error::InvalidName { name, problem }) = SecretName::new(&long) else {
+            panic!("a 1 MiB name is invalid")
+        };
+        assert_eq!(problem, "is longer than 1024 bytes");
+        assert!(name.starts_with("a\\nbxxx"), "{name}");
+        assert!(name.len() < 100, "{name}");
+        let error = SecretName::new("é\u{1b}[2J").expect_err("not ASCII");
+        assert_eq!(
+            error.to_string(),
+            "invalid secret name \"\\u{e9}\\u{1b}[2J\": contains whitespace, control or \
+             non-ASCII characters"
+        );
     }
 
     #[test]

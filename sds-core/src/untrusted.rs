@@ -17,7 +17,7 @@ use std::fmt;
 /// let forged = "x\nINFO sds_core::publish: secret added secret=FORGED";
 /// assert_eq!(
 ///     Untrusted::new(forged, 16).to_string(),
-///     "x\\nINFO sds_core…(35 more bytes)"
+///     "x\\nINFO sds_core:…(36 more bytes)"
 /// );
 /// assert_eq!(Untrusted::new("ok", 16).to_string(), "ok");
 /// ```
@@ -35,13 +35,36 @@ impl<'a> Untrusted<'a> {
 
     /// Bytes that are not UTF-8: shown as [`Untrusted`] text with each invalid sequence
     /// replaced by U+FFFD, which `Display` then escapes as `\u{fffd}`.
+    ///
+    /// The count of bytes left out is of `bytes` (not of the converted text), and reading
+    /// stops after `max` characters whatever the input's length.
     pub fn lossy(bytes: &[u8], max: usize) -> String {
-        // Cut before converting, so a huge input costs nothing.
+        // `max` characters take at most 4 bytes each (an invalid sequence, at most 3): cut
+        // first, so a huge input costs nothing.
         let cut = &bytes[..bytes.len().min(max.saturating_mul(4))];
-        let text = String::from_utf8_lossy(cut);
+        let mut text = String::new();
+        let (mut chars, mut consumed) = (0, 0);
+        'chunks: for chunk in cut.utf8_chunks() {
+            for c in chunk.valid().chars() {
+                if chars == max {
+                    break 'chunks;
+                }
+                text.push(c);
+                chars += 1;
+                consumed += c.len_utf8();
+            }
+            if !chunk.invalid().is_empty() {
+                if chars == max {
+                    break;
+                }
+                text.push(char::REPLACEMENT_CHARACTER);
+                chars += 1;
+                consumed += chunk.invalid().len();
+            }
+        }
         let mut out = Untrusted::new(&text, max).to_string();
-        if cut.len() < bytes.len() && !out.ends_with(')') {
-            out.push_str(&format!("…({} more bytes)", bytes.len() - cut.len()));
+        if consumed < bytes.len() {
+            out.push_str(&format!("…({} more bytes)", bytes.len() - consumed));
         }
         out
     }
@@ -56,8 +79,14 @@ impl fmt::Display for Untrusted<'_> {
             }
             if c == ' ' || (c.is_ascii_graphic() && c != '\\' && c != '"') {
                 f.write_char(c)?;
-            } else {
+            } else if c.is_ascii() {
+                // `\n`, `\\`, `\"`, `\u{1b}`.
                 for e in c.escape_debug() {
+                    f.write_char(e)?;
+                }
+            } else {
+                // Every non-ASCII character, printable or not (`escape_debug` keeps `é`).
+                for e in c.escape_unicode() {
                     f.write_char(e)?;
                 }
             }
@@ -96,6 +125,17 @@ mod tests {
     fn lossy_bytes() {
         assert_eq!(Untrusted::lossy(b"a\xffb", 10), "a\\u{fffd}b");
         let shown = Untrusted::lossy(&[b'x'; 100], 4);
-        assert!(shown.starts_with("xxxx…("), "{shown}");
+        assert_eq!(shown, "xxxx…(96 more bytes)");
+        // Counts are of the input's bytes, whatever the replacements and the last character.
+        assert_eq!(
+            Untrusted::lossy(b"\xff\xff\xff\xffzzzz", 2),
+            "\\u{fffd}\\u{fffd}…(6 more bytes)"
+        );
+        assert_eq!(Untrusted::lossy("(é)".as_bytes(), 3), "(\\u{e9})");
+        assert_eq!(
+            Untrusted::lossy("(é)😀😀😀".as_bytes(), 3),
+            "(\\u{e9})…(12 more bytes)"
+        );
+        assert_eq!(Untrusted::lossy(b"abc", 0), "…(3 more bytes)");
     }
 }

@@ -6,7 +6,10 @@ use std::{collections::HashMap, fmt, time::Duration};
 use rustls_pki_types::{CertificateDer, UnixTime};
 use x509_parser::{
     certificate::X509Certificate,
+    der_parser::error::BerError,
+    error::X509Error,
     extensions::GeneralName,
+    nom,
     oid_registry::{
         OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_NIST_EC_P521,
         OID_PKCS1_RSAENCRYPTION, OID_PKCS1_RSASSAPSS, OID_SIG_ED448, OID_SIG_ED25519, Oid,
@@ -18,7 +21,11 @@ use x509_parser::{
     x509::{SubjectPublicKeyInfo, X509Name},
 };
 
-use crate::{CertificateInfo, Error, KeyAlgorithm, credential::Origin, error::ParseError};
+use crate::{
+    CertificateInfo, Error, KeyAlgorithm, Untrusted,
+    credential::{MAX_NAME_CHARS, Origin},
+    error::ParseError,
+};
 
 /// Smallest RSA modulus Envoy loads: "only RSA certificates with 2048-bit or larger keys are
 /// supported" (`source/common/tls/context_impl.cc`, non-FIPS builds).
@@ -29,7 +36,7 @@ pub(crate) const MAX_RSA_BITS: u32 = 16384;
 
 /// Parses one DER certificate; trailing bytes after it are an error.
 pub(crate) fn parse_certificate(der: &[u8]) -> Result<X509Certificate<'_>, ParseError> {
-    let (rest, cert) = X509Certificate::from_der(der).map_err(ParseError::der)?;
+    let (rest, cert) = X509Certificate::from_der(der).map_err(|e| ParseError::der(Problem(&e)))?;
     if !rest.is_empty() {
         return Err(ParseError::der(format_args!(
             "{} bytes of trailing data after the certificate",
@@ -41,7 +48,8 @@ pub(crate) fn parse_certificate(der: &[u8]) -> Result<X509Certificate<'_>, Parse
 
 /// Parses one DER CRL; trailing bytes after it are an error.
 pub(crate) fn parse_crl(der: &[u8]) -> Result<CertificateRevocationList<'_>, ParseError> {
-    let (rest, crl) = CertificateRevocationList::from_der(der).map_err(ParseError::der)?;
+    let (rest, crl) =
+        CertificateRevocationList::from_der(der).map_err(|e| ParseError::der(Problem(&e)))?;
     if !rest.is_empty() {
         return Err(ParseError::der(format_args!(
             "{} bytes of trailing data after the CRL",
@@ -49,6 +57,25 @@ pub(crate) fn parse_crl(der: &[u8]) -> Result<CertificateRevocationList<'_>, Par
         )));
     }
     Ok(crl)
+}
+
+/// An X.509 parser error, told without the bytes some of its variants can carry (`nom`'s
+/// `Display` prints the error's `Debug`, and an ASN.1 `InvalidValue` has a free-text message).
+struct Problem<'a>(&'a nom::Err<X509Error>);
+
+impl fmt::Display for Problem<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            nom::Err::Incomplete(_) => f.write_str("the DER is cut short"),
+            nom::Err::Error(e) | nom::Err::Failure(e) => match e {
+                X509Error::Der(BerError::InvalidValue { tag, .. }) => {
+                    write!(f, "BER error: invalid value in an object with tag {tag:?}")
+                }
+                // Fixed text, tags, classes, numbers and lengths.
+                other => fmt::Display::fmt(other, f),
+            },
+        }
+    }
 }
 
 /// What a certificate says about itself, as owned data.
@@ -107,8 +134,9 @@ pub(crate) fn check_chain(
                 credential: origin.credential(),
                 location: origin.location(),
                 position: i + 1,
-                issuer: cert.issuer().to_string(),
-                next_subject: next.subject().to_string(),
+                issuer: Untrusted::new(&cert.issuer().to_string(), MAX_NAME_CHARS).to_string(),
+                next_subject: Untrusted::new(&next.subject().to_string(), MAX_NAME_CHARS)
+                    .to_string(),
             });
         }
     }

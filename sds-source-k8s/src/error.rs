@@ -3,6 +3,13 @@
 use std::{fmt, sync::Arc};
 
 use kube::{core::Status, runtime::watcher};
+use sds_core::Untrusted;
+
+use crate::keys::MAX_SHOWN_CHARS;
+
+/// Most characters of an API server's message (or of a client error's chain) an [`ApiError`]
+/// shows. A message is the server's text, or a whole error body that was not a `Status`.
+const MAX_MESSAGE_CHARS: usize = 512;
 
 /// An ambient failure of a Kubernetes source: Secrets cannot be listed or watched right now.
 ///
@@ -83,7 +90,11 @@ struct Where<'a>(Option<&'a str>);
 impl fmt::Display for Where<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
-            Some(namespace) => write!(f, "in namespace `{namespace}`"),
+            Some(namespace) => write!(
+                f,
+                "in namespace `{}`",
+                Untrusted::new(namespace, MAX_SHOWN_CHARS)
+            ),
             None => f.write_str("in all namespaces"),
         }
     }
@@ -103,6 +114,10 @@ impl fmt::Display for Grant<'_> {
 
 /// What the Kubernetes client or API server reported. Opaque: the client library is not part
 /// of this crate's API. Cheap to clone.
+///
+/// `Display` shows the server's reason and message escaped and cut short (see
+/// [`Untrusted`]). An answer that cannot be decoded is described by position only: the
+/// decoder's own message can quote the answer, which holds Secret data.
 #[derive(Clone)]
 pub struct ApiError(Inner);
 
@@ -152,35 +167,70 @@ impl fmt::Display for ApiError {
         if let Some(status) = self.status() {
             write!(f, "the API server answered {}", status.code)?;
             if !status.reason.is_empty() {
-                write!(f, " {}", status.reason)?;
+                write!(f, " {}", Untrusted::new(&status.reason, MAX_SHOWN_CHARS))?;
             }
             if !status.message.is_empty() {
-                write!(f, ": {}", status.message)?;
+                write!(
+                    f,
+                    ": {}",
+                    Untrusted::new(&status.message, MAX_MESSAGE_CHARS)
+                )?;
             }
             return Ok(());
         }
         match &self.0 {
-            // The whole chain, down to e.g. "Connection refused": kube's messages include
-            // their direct source's already, so repeated messages are skipped.
-            Inner::Client(e) => {
-                let mut message = e.to_string();
-                let mut next = std::error::Error::source(&**e);
-                while let Some(error) = next {
-                    let part = error.to_string();
-                    if !message.contains(&part) {
-                        message.push_str(": ");
-                        message.push_str(&part);
-                    }
-                    next = error.source();
-                }
-                f.write_str(&message)
-            }
+            Inner::Client(e) => f.write_str(&describe(e)),
             Inner::Status(_) => Ok(()),
             Inner::NoResourceVersion => {
                 f.write_str("the API server's answer has no metadata.resourceVersion")
             }
         }
     }
+}
+
+/// The whole chain of a client error, down to e.g. "Connection refused", escaped and cut
+/// short. kube's messages include their direct source's already, so repeated messages are
+/// skipped.
+///
+/// A decoding error is told by kind and position only: serde_json's messages quote the value
+/// they refuse ("invalid type: string \"…\""), which is a Secret's data.
+fn describe(error: &kube::Error) -> String {
+    let mut message = String::new();
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = next {
+        if let Some(kube::Error::SerdeError(e)) = error.downcast_ref::<kube::Error>() {
+            let what = if e.is_syntax() {
+                "it is not valid JSON"
+            } else if e.is_eof() {
+                "it ends early"
+            } else if e.is_data() {
+                "it does not have the shape of a Secret list or watch event"
+            } else {
+                "it cannot be read"
+            };
+            if !message.is_empty() {
+                message.push_str(": ");
+            }
+            message.push_str(&format!(
+                "cannot decode the API server's answer: {what} (line {}, column {})",
+                e.line(),
+                e.column()
+            ));
+            break;
+        }
+        let part = error.to_string();
+        if !message.contains(&part) {
+            if !message.is_empty() {
+                message.push_str(": ");
+            }
+            message.push_str(&part);
+        }
+        if message.len() > MAX_MESSAGE_CHARS * 4 {
+            break;
+        }
+        next = error.source();
+    }
+    Untrusted::new(&message, MAX_MESSAGE_CHARS).to_string()
 }
 
 impl fmt::Debug for ApiError {
@@ -242,6 +292,43 @@ mod tests {
             ),
             "{error}"
         );
+    }
+
+    #[test]
+    fn answers_are_not_quoted() {
+        let secret = "LS0tLS1CRUdJTiBFQyBQUklWQVRFIEtFWS0tLS0t";
+        let body = format!(r#"{{"kind":"Secret","apiVersion":"v1","data":"{secret}"}}"#);
+        let serde = serde_json_error(&body);
+        let error = watcher::Error::InitialListFailed(kube::Error::SerdeError(serde));
+        let error = Error::from_watcher(Some("ns"), error).expect("an error");
+        let source = std::error::Error::source(&error).expect("a source");
+        for text in [source.to_string(), format!("{error:?}")] {
+            assert!(!text.contains(&secret[..12]), "{text}");
+        }
+        assert_eq!(
+            source.to_string(),
+            "cannot decode the API server's answer: it does not have the shape of a Secret \
+             list or watch event (line 1, column 84)"
+        );
+
+        // A Status whose message is an error body: escaped and cut short.
+        let long = format!("line\n{}", "x".repeat(10_000));
+        let error = watcher::Error::WatchError(Box::new(status(500, "Internal\u{1b}", &long)));
+        let error = Error::from_watcher(None, error).expect("an error");
+        let Error::Watch { source, .. } = &error else {
+            panic!("{error:?}")
+        };
+        let shown = source.to_string();
+        assert!(
+            shown.starts_with("the API server answered 500 Internal\\u{1b}: line\\nxxx"),
+            "{shown}"
+        );
+        assert!(shown.len() < 600, "{} bytes", shown.len());
+    }
+
+    /// What kube reports for a Secret whose `data` is not a map.
+    fn serde_json_error(body: &str) -> serde_json::Error {
+        serde_json::from_str::<k8s_openapi::api::core::v1::Secret>(body).expect_err("not a Secret")
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::{collections::BTreeMap, fmt};
 
 use k8s_openapi::{ByteString, api::core::v1::Secret as KubeSecret};
 use ring::digest;
+use sds_core::Untrusted;
 use zeroize::Zeroizing;
 
 /// Every key this source reads, in this order: generic (Istio) keys before `kubernetes.io/tls`
@@ -24,6 +25,10 @@ const CRL: [usize; 2] = [6, 7];
 
 /// How many key names a "found: …" list shows before "and N more".
 const LISTED_KEYS: usize = 10;
+
+/// Most characters of a Kubernetes name (a namespace, a Secret, one of its keys) shown in an
+/// error or a log line: the longest name Kubernetes allows (a DNS subdomain).
+pub(crate) const MAX_SHOWN_CHARS: usize = 253;
 
 /// A Secret's name and namespace.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -51,9 +56,15 @@ impl SecretId {
     }
 }
 
+/// `namespace/name`, each escaped and cut short: they come from the API server.
 impl fmt::Display for SecretId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
+        write!(
+            f,
+            "{}/{}",
+            Untrusted::new(&self.namespace, MAX_SHOWN_CHARS),
+            Untrusted::new(&self.name, MAX_SHOWN_CHARS)
+        )
     }
 }
 
@@ -241,12 +252,12 @@ impl fmt::Debug for Keys {
     }
 }
 
-/// `a, b, c` or `a, b, …, j, and 3 more`.
+/// `a, b, c` or `a, b, …, j, and 3 more`, each name escaped and cut short.
 fn list(names: &[&str]) -> String {
     let mut out = names
         .iter()
         .take(LISTED_KEYS)
-        .copied()
+        .map(|name| Untrusted::new(name, MAX_SHOWN_CHARS).to_string())
         .collect::<Vec<_>>()
         .join(", ");
     if names.len() > LISTED_KEYS {
@@ -446,6 +457,15 @@ mod tests {
         assert!(!at(&[("cert", "c")], None).same_content(&at(&[("cert", "d")], None)));
         // The same resourceVersion is the same object.
         assert!(a.same_content(&at(&[("cert", "c"), ("key", "k")], Some("1"))));
+    }
+
+    #[test]
+    fn outside_names_are_escaped_and_cut_short() {
+        let id = SecretId::new("ns\n", format!("a\u{1b}[2J{}", "x".repeat(10_000)));
+        let shown = id.to_string();
+        assert!(shown.starts_with("ns\\n/a\\u{1b}[2Jxxx"), "{shown}");
+        assert!(shown.ends_with("…(9752 more bytes)"), "{shown}");
+        assert_eq!(list(&["b\r", "a\"b"]), "b\\r, a\\\"b");
     }
 
     #[test]

@@ -69,6 +69,15 @@
 //!   expires while its Secret stays unchanged stays served. A Secret rejected because it is not
 //!   valid yet or has expired is validated again with every update.
 //!
+//! # Logging
+//!
+//! Nothing this crate logs or reports holds Secret data: a rejection names the Secret and the
+//! key and says what is wrong by position (see `sds_core::Error`), and Kubernetes names and the
+//! API server's messages are escaped and cut short. An answer that cannot be decoded is
+//! reported by kind and position only. One caveat is kube-rs's own: when a list answer cannot
+//! be decoded, `kube_client` logs the whole answer, every Secret of the page with its data, at
+//! WARN. Keep that target at ERROR in production, e.g. `RUST_LOG=info,kube_client=error`.
+//!
 //! # Example
 //!
 //! ```no_run

@@ -3,10 +3,10 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use sds_core::{CACERT_SUFFIX, SecretName, UnixTime, Update};
+use sds_core::{CACERT_SUFFIX, SecretName, UnixTime, Untrusted, Update};
 
 use crate::{
-    keys::{Keys, Lean, SecretId},
+    keys::{Keys, Lean, MAX_SHOWN_CHARS, SecretId},
     naming,
     parsed::{Parsed, Part},
 };
@@ -274,7 +274,11 @@ fn put(update: &mut Update, name: &str, part: &Part) {
         Ok(name) => name,
         Err(error) => {
             let error: &dyn std::error::Error = &error;
-            tracing::warn!(name, error, "cannot serve a Secret under this name");
+            tracing::warn!(
+                name = %Untrusted::new(name, MAX_SHOWN_CHARS),
+                error,
+                "cannot serve a Secret under this name"
+            );
             return;
         }
     };

@@ -10,6 +10,7 @@ use http_body_util::{BodyExt as _, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
+use sds_core::Untrusted;
 use serde_json::{Value, json};
 
 use crate::access::{User, Verb};
@@ -25,6 +26,8 @@ use crate::{discovery, json, openapi, protobuf, time};
 
 /// The largest request body accepted (the real server's limit is 3 MiB).
 const MAX_BODY: usize = 3 * 1024 * 1024;
+/// Most characters of a request's text (path, query, header) that a log line shows.
+const SHOWN_CHARS: usize = 256;
 const JSON: &str = "application/json";
 
 /// Serves one request and records it.
@@ -40,13 +43,16 @@ pub(crate) async fn handle(
     let user_agent = header_str(&req, header::USER_AGENT).map(str::to_owned);
     let mut user = None;
     let response = route(&shared, req, &mut user).await;
+    // Only the request line and headers that say what was asked: never a body, which holds
+    // Secret data. Each is the client's text, escaped and cut short.
+    let shown = |text: &str| Untrusted::new(text, SHOWN_CHARS).to_string();
     tracing::debug!(
-        %method,
-        %path,
-        %query,
+        method = %shown(&method),
+        path = %shown(&path),
+        query = %shown(&query),
         status = response.status().as_u16(),
-        content_type = content_type.as_deref().unwrap_or_default(),
-        accept = accept.as_deref().unwrap_or_default(),
+        content_type = %shown(content_type.as_deref().unwrap_or_default()),
+        accept = %shown(accept.as_deref().unwrap_or_default()),
         "request"
     );
     shared.record(RequestRecord {
@@ -480,8 +486,12 @@ fn delete_options(body: &[u8]) -> Result<(Preconditions, bool), Error> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Default::default());
     }
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| Error::bad_request(format!("error decoding DeleteOptions: {e}")))?;
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        Error::bad_request(format!(
+            "error decoding DeleteOptions: {}",
+            json::problem(&e, "v1.DeleteOptions")
+        ))
+    })?;
     let pre = &v["preconditions"];
     let text = |v: &Value| v.as_str().map(str::to_owned);
     let dry_run = v["dryRun"]

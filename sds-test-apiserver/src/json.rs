@@ -21,8 +21,42 @@ pub(crate) struct Decoded {
 
 /// Decodes a JSON request body into a Secret (`stringData` merged into `data`).
 pub(crate) fn decode(body: &[u8]) -> Result<Decoded, Error> {
-    let value: Value = serde_json::from_slice(body).map_err(cannot_handle)?;
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| cannot_handle(problem(&e, "v1.Secret")))?;
     decode_value(value)
+}
+
+/// The types serde names in "invalid type: <type> …", most specific first.
+const SERDE_TYPES: &[&str] = &[
+    "string",
+    "integer",
+    "floating point",
+    "boolean",
+    "map",
+    "sequence",
+    "null",
+    "unit",
+    "byte array",
+    "character",
+];
+
+/// A JSON decoding error as a `Status` message may show it: the kind of problem and where,
+/// never a value of the body. serde's data errors quote the values they refuse ("invalid type:
+/// string \"<a Secret's data>\"…"); the real server does not either ("json: cannot unmarshal
+/// string into Go struct field …").
+pub(crate) fn problem(e: &serde_json::Error, go_type: &str) -> String {
+    if !e.is_data() {
+        // Syntax and end-of-input errors: fixed text and a line and column.
+        return e.to_string();
+    }
+    let message = e.to_string();
+    let found = message
+        .strip_prefix("invalid type: ")
+        .and_then(|rest| SERDE_TYPES.iter().find(|t| rest.starts_with(**t)));
+    match found {
+        Some(found) => format!("json: cannot unmarshal {found} into Go value of type {go_type}"),
+        None => format!("json: cannot unmarshal the body into Go value of type {go_type}"),
+    }
 }
 
 /// Decodes an already parsed JSON object (a request body or a patched object).
@@ -33,7 +67,8 @@ pub(crate) fn decode_value(value: Value) -> Result<Decoded, Error> {
         ));
     }
     let unknown_fields = unknown_fields(&value);
-    let input: SecretIn = serde_json::from_value(value).map_err(cannot_handle)?;
+    let input: SecretIn =
+        serde_json::from_value(value).map_err(|e| cannot_handle(problem(&e, "v1.Secret")))?;
     check_type_meta(input.api_version.as_deref(), input.kind.as_deref())?;
     let meta = input.metadata.unwrap_or_default();
     let mut data = BTreeMap::new();
@@ -493,6 +528,30 @@ mod tests {
             err.to_string()
                 .contains("illegal base64 data at input byte 1"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn refused_values_are_not_echoed() {
+        let key = "LS0tLS1CRUdJTiBFQyBQUklWQVRFIEtFWS0tLS0tIE1IY0NBUUVFSUI1TA==";
+        for body in [
+            format!(r#"{{"metadata":{{"name":"a"}},"data":"{key}"}}"#),
+            format!(r#"{{"metadata":{{"name":"a"}},"stringData":["{key}"]}}"#),
+            format!(r#"{{"metadata":{{"name":"a"}},"data":{{"k":["{key}"]}}}}"#),
+            format!(r#"{{"metadata":{{"name":"a"}},"data":{{"k":"{key}"#),
+            format!(r#"{{"metadata":{{"name":"a"}},"data":{{"k":"!{key}"}}}}"#),
+        ] {
+            let err = decode(body.as_bytes()).expect_err("not a Secret");
+            let message = err.to_string();
+            assert_eq!(err.code(), 400);
+            assert!(!message.contains(&key[..12]), "{message}");
+            assert!(!status_value(&err).to_string().contains(&key[..12]));
+        }
+        let err = decode(format!(r#"{{"data":"{key}"}}"#).as_bytes()).expect_err("not a map");
+        assert_eq!(
+            err.to_string(),
+            "Secret in version \"v1\" cannot be handled as a Secret: json: cannot unmarshal \
+             string into Go value of type v1.Secret"
         );
     }
 

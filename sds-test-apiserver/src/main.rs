@@ -49,9 +49,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let mut first_token = None;
     for spec in &args.tokens {
-        let (user, rest) = spec
-            .split_once('=')
-            .ok_or_else(|| format!("--token {spec}: expected USER=TOKEN"))?;
+        // The argument holds a token: never echoed.
+        let (user, rest) = spec.split_once('=').ok_or_else(|| {
+            format!(
+                "--token: expected USER=TOKEN[@NS,...], got {} characters without `=`",
+                spec.chars().count()
+            )
+        })?;
         let (token, access) = match rest.split_once('@') {
             Some((token, namespaces)) => (token, Access::namespaces(namespaces.split(','))),
             None => (rest, Access::all()),

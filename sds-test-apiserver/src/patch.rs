@@ -41,8 +41,12 @@ pub(crate) fn media_type(content_type: &str) -> &str {
 
 /// Applies `patch` (a request body) to `target`.
 pub(crate) fn apply(target: &mut Value, patch: &[u8], kind: PatchType) -> Result<(), Error> {
-    let patch: Value = serde_json::from_slice(patch)
-        .map_err(|e| Error::bad_request(format!("error decoding patch: {e}")))?;
+    let patch: Value = serde_json::from_slice(patch).map_err(|e| {
+        Error::bad_request(format!(
+            "error decoding patch: {}",
+            crate::json::problem(&e, "map[string]interface {}")
+        ))
+    })?;
     if !patch.is_object() {
         return Err(Error::bad_request(
             "error decoding patch: the patch is not a JSON object",
