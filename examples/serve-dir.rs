@@ -7,7 +7,9 @@
 //!
 //! `DIR/<name>/` holds `tls.crt` + `tls.key` (or `cert` + `key`) served as the SDS secret
 //! `<name>`, and optionally `ca.crt` (or `cacert`) served as `<name>-cacert`, with `ca.crl`
-//! (or `crl`). Changes are picked up without a restart. `--demo` makes a demo CA and an
+//! (or `crl`). Changes are picked up without a restart. `DIR` must exist when the server
+//! starts: a missing `DIR` (or parent), a `DIR` that is a file or unreadable is one error line
+//! and exit status 2, not waited for. `--demo` makes a demo CA and an
 //! `httpbin.example.com` credential first, writes an Envoy bootstrap beside them, and prints
 //! how to point Envoy and curl at the server.
 
@@ -26,7 +28,10 @@ use serving::Listen;
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// Directory of credentials: one subdirectory per secret name.
+    /// Directory of credentials: one subdirectory per secret name. It must exist when the
+    /// server starts (a missing directory is an error, not waited for). Once serving, if it is
+    /// removed or replaced, the last good credentials stay served and it is read again when it
+    /// comes back.
     #[arg(long, required_unless_present = "demo")]
     dir: Option<PathBuf>,
 
@@ -42,6 +47,12 @@ struct Args {
     /// How long to wait for a burst of file changes to settle before reloading.
     #[arg(long, default_value = "100ms", value_parser = serving::parse_duration)]
     debounce: Duration,
+
+    /// How often to read the directory again although no change was reported: the safety net
+    /// for what inotify cannot watch (a directory without read permission, the watch limit).
+    /// Cheap: only files whose identity, size or times changed are read.
+    #[arg(long, default_value = "30s", value_parser = serving::parse_duration)]
+    rescan: Duration,
 }
 
 #[tokio::main]
@@ -50,7 +61,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
 
     let dir = match (&args.dir, args.demo) {
-        (Some(dir), false) => dir.clone(),
+        (Some(dir), false) => {
+            if let Err(problem) = check_dir(dir) {
+                eprintln!("error: {problem}");
+                std::process::exit(2);
+            }
+            dir.clone()
+        }
         (dir, _) => {
             let root = dir
                 .clone()
@@ -59,12 +76,96 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
 
-    let (reader, driver) = publish(DirSource::new(&dir).debounce(args.debounce));
+    let source = DirSource::new(&dir)
+        .debounce(args.debounce)
+        .rescan(args.rescan);
+    let (reader, driver) = publish(source);
     let driver = tokio::spawn(driver);
     tracing::info!(dir = %dir.display(), "waiting for the first scan");
     let served = serving::serve(reader, args.listen).await;
     driver.abort();
     served
+}
+
+/// Whether `dir` can be served: it exists, is a directory and can be listed. Otherwise one
+/// line naming the path and why. (The library would wait for a missing directory; at startup a
+/// missing one is far more often a typo than a volume still to come.)
+fn check_dir(dir: &Path) -> Result<(), String> {
+    let shown = dir.display();
+    match std::fs::metadata(dir) {
+        Ok(metadata) if !metadata.is_dir() => {
+            Err(format!("credential directory {shown} is not a directory"))
+        }
+        Ok(_) => match std::fs::read_dir(dir) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("cannot read credential directory {shown}: {e}")),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+            match parent.filter(|p| !p.exists()) {
+                Some(parent) => Err(format!(
+                    "credential directory {shown} does not exist, nor does its parent {}",
+                    parent.display()
+                )),
+                None => Err(format!("credential directory {shown} does not exist")),
+            }
+        }
+        Err(e) => Err(format!("cannot read credential directory {shown}: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! `cargo test --example serve-dir`
+
+    use std::fs;
+
+    use super::check_dir;
+
+    #[test]
+    fn a_dir_that_cannot_be_served_is_one_line_naming_it_and_why() {
+        let temp = tempfile::tempdir().expect("a temporary directory");
+        let ok = temp.path().join("credentials");
+        fs::create_dir(&ok).expect("create DIR");
+        assert_eq!(check_dir(&ok), Ok(()));
+
+        let missing = temp.path().join("missing");
+        let problem = check_dir(&missing).expect_err("missing");
+        assert_eq!(
+            problem,
+            format!("credential directory {} does not exist", missing.display())
+        );
+
+        let orphan = temp.path().join("no-parent").join("credentials");
+        let problem = check_dir(&orphan).expect_err("missing parent");
+        assert_eq!(
+            problem,
+            format!(
+                "credential directory {} does not exist, nor does its parent {}",
+                orphan.display(),
+                temp.path().join("no-parent").display()
+            )
+        );
+
+        let file = temp.path().join("file");
+        fs::write(&file, "not a directory").expect("write a file");
+        let problem = check_dir(&file).expect_err("a file");
+        assert_eq!(
+            problem,
+            format!("credential directory {} is not a directory", file.display())
+        );
+        let under_file = file.join("credentials");
+        let problem = check_dir(&under_file).expect_err("under a file");
+        assert!(
+            problem.contains(&under_file.display().to_string()),
+            "{problem}"
+        );
+        assert!(problem.contains("Not a directory"), "{problem}");
+
+        for problem in [check_dir(&missing), check_dir(&orphan), check_dir(&file)] {
+            assert!(!problem.expect_err("refused").contains('\n'));
+        }
+    }
 }
 
 mod demo {

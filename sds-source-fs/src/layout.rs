@@ -9,7 +9,9 @@ use std::{
     sync::Arc,
 };
 
-use sds_core::{MAX_INPUT_LEN, SecretName};
+use sds_core::{MAX_INPUT_LEN, SecretName, Untrusted};
+
+use crate::stamp::Stamp;
 
 /// Certificate chain and private key file names, as pairs, generic (Istio) first.
 const PAIRS: [(&str, &str); 2] = [("cert", "key"), ("tls.crt", "tls.key")];
@@ -17,6 +19,10 @@ const PAIRS: [(&str, &str); 2] = [("cert", "key"), ("tls.crt", "tls.key")];
 const CA: [&str; 2] = ["cacert", "ca.crt"];
 /// CRL file names, generic first.
 const CRL: [&str; 2] = ["crl", "ca.crl"];
+/// Every known file name: the pairs, then the CA files, then the CRLs.
+const NAMES: [&str; 8] = [
+    PAIRS[0].0, PAIRS[0].1, PAIRS[1].0, PAIRS[1].1, CA[0], CA[1], CRL[0], CRL[1],
+];
 /// How a CRL without a CA is reported.
 const CA_EITHER: &str = "cacert or ca.crt";
 /// Why a directory without any of the names above is not a credential.
@@ -27,10 +33,28 @@ pub(crate) const NO_KNOWN_FILE: &str =
 /// to read, or a problem that rejects the part's secret.
 #[derive(Debug)]
 pub(crate) struct Layout {
-    /// The certificate chain and its key, served as `<name>`.
+    /// The certificate chain and its key, served as `<name>`. A directory that cannot be looked
+    /// into at all is a problem of this part alone (there is nothing to tell a CA by).
     pub(crate) pair: Option<Result<Pair, Problem>>,
     /// The CA certificates and their CRL, served as `<name>-cacert`.
     pub(crate) ca: Option<Result<Ca, Problem>>,
+    /// Every known file that exists, whichever wins: where their names lead is watched.
+    pub(crate) present: Vec<PathBuf>,
+}
+
+/// What a look at the known file names of a directory saw, name by name: compared between
+/// reloads to tell whether the directory must be read again.
+pub(crate) type Seen = [Probed; NAMES.len()];
+
+/// What looking up one known file name saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Probed {
+    /// No such file (or a dangling symlink).
+    Absent,
+    /// A file, as it is now (following symlinks).
+    Present(Stamp),
+    /// The lookup failed, for this reason.
+    Failed(io::ErrorKind),
 }
 
 /// The files of a certificate chain and its private key.
@@ -50,7 +74,8 @@ pub(crate) struct Ca {
 /// Why one part of a credential cannot be read.
 #[derive(Debug)]
 pub(crate) enum Problem {
-    /// A file exists but cannot be read, or is not a regular file.
+    /// A file (or the credential directory itself) exists but cannot be read, or is not a
+    /// regular file.
     Unreadable { path: PathBuf, source: io::Error },
     /// A file is larger than [`sds_core::MAX_INPUT_LEN`].
     TooLarge { path: PathBuf, len: u64 },
@@ -64,13 +89,37 @@ pub(crate) enum Problem {
 // === impl Layout ===
 
 impl Layout {
-    /// Looks up the known file names in `dir`, following symlinks (kubelet's `..data`).
-    pub(crate) fn probe(dir: &Path) -> Self {
-        let pair = pair(PAIRS.map(|(cert, key)| (probe(dir, cert), probe(dir, key))));
-        let ca = match (
-            first(CA.map(|f| probe(dir, f))),
-            first(CRL.map(|f| probe(dir, f))),
-        ) {
+    /// Looks up the known file names in `dir`, following symlinks (kubelet's `..data`), and
+    /// returns what it found with what it saw. Blocking.
+    pub(crate) fn probe(dir: &Path) -> (Self, Seen) {
+        let probes = NAMES.map(|file| probe(dir, file));
+        let seen = probes.each_ref().map(Probe::seen);
+        let present = probes
+            .iter()
+            .filter_map(|p| match p {
+                Probe::Present(path, _) => Some(path.clone()),
+                _ => None,
+            })
+            .collect();
+        // Looking up a name needs only search permission on the directory: when every lookup
+        // is refused, it is the directory that cannot be read, whatever it holds.
+        if probes.iter().all(Probe::is_permission_denied)
+            && let [Probe::Failed(_, source), ..] = probes
+        {
+            let problem = Problem::Unreadable {
+                path: dir.to_owned(),
+                source,
+            };
+            let layout = Self {
+                pair: Some(Err(problem)),
+                ca: None,
+                present,
+            };
+            return (layout, seen);
+        }
+        let [cert, key, tls_crt, tls_key, cacert, ca_crt, crl, ca_crl] = probes;
+        let pair = pair([(cert, key), (tls_crt, tls_key)]);
+        let ca = match (first([cacert, ca_crt]), first([crl, ca_crl])) {
             (None, None) => None,
             (Some(Err(problem)), _) | (_, Some(Err(problem))) => Some(Err(problem)),
             (None, Some(Ok(found))) => Some(Err(Problem::Unpaired {
@@ -82,7 +131,7 @@ impl Layout {
                 crl: crl.and_then(Result::ok),
             })),
         };
-        Self { pair, ca }
+        (Self { pair, ca, present }, seen)
     }
 }
 
@@ -90,16 +139,32 @@ impl Layout {
 #[derive(Debug)]
 enum Probe {
     Absent,
-    Present(PathBuf),
+    Present(PathBuf, Stamp),
     Failed(PathBuf, io::Error),
 }
 
 fn probe(dir: &Path, file: &str) -> Probe {
     let path = dir.join(file);
     match fs::metadata(&path) {
-        Ok(_) => Probe::Present(path),
+        Ok(metadata) => Probe::Present(path, Stamp::of(&metadata)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Probe::Absent,
         Err(e) => Probe::Failed(path, e),
+    }
+}
+
+// === impl Probe ===
+
+impl Probe {
+    fn seen(&self) -> Probed {
+        match self {
+            Probe::Absent => Probed::Absent,
+            Probe::Present(_, stamp) => Probed::Present(*stamp),
+            Probe::Failed(_, e) => Probed::Failed(e.kind()),
+        }
+    }
+
+    fn is_permission_denied(&self) -> bool {
+        matches!(self, Probe::Failed(_, e) if e.kind() == io::ErrorKind::PermissionDenied)
     }
 }
 
@@ -107,7 +172,7 @@ fn probe(dir: &Path, file: &str) -> Probe {
 fn first<const N: usize>(probes: [Probe; N]) -> Option<Result<PathBuf, Problem>> {
     probes.into_iter().find_map(|p| match p {
         Probe::Absent => None,
-        Probe::Present(path) => Some(Ok(path)),
+        Probe::Present(path, _) => Some(Ok(path)),
         Probe::Failed(path, source) => Some(Err(Problem::Unreadable { path, source })),
     })
 }
@@ -122,9 +187,11 @@ fn pair(probes: [(Probe, Probe); 2]) -> Option<Result<Pair, Problem>> {
             (Probe::Failed(path, source), _) | (_, Probe::Failed(path, source)) => {
                 return Some(Err(Problem::Unreadable { path, source }));
             }
-            (Probe::Present(cert), Probe::Present(key)) => return Some(Ok(Pair { cert, key })),
-            (Probe::Present(found), Probe::Absent) => lone = lone.or(Some((found, key_name))),
-            (Probe::Absent, Probe::Present(found)) => lone = lone.or(Some((found, cert_name))),
+            (Probe::Present(cert, _), Probe::Present(key, _)) => {
+                return Some(Ok(Pair { cert, key }));
+            }
+            (Probe::Present(found, _), Probe::Absent) => lone = lone.or(Some((found, key_name))),
+            (Probe::Absent, Probe::Present(found, _)) => lone = lone.or(Some((found, cert_name))),
             (Probe::Absent, Probe::Absent) => {}
         }
     }
@@ -156,6 +223,16 @@ impl Problem {
             },
         }
     }
+}
+
+/// The longest path shown in a log line, in characters.
+const MAX_SHOWN: usize = 512;
+
+/// A path as logged: escaped and cut short as [`Untrusted`] text. Directory entries and symlink
+/// targets are named by whoever writes the directory: a newline in a name must not start a log
+/// line of its own.
+pub(crate) fn shown(path: &Path) -> String {
+    Untrusted::lossy(path.as_os_str().as_encoded_bytes(), MAX_SHOWN)
 }
 
 /// How a file is named in messages and in [`sds_core::Input::location`].

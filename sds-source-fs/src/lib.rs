@@ -2,9 +2,28 @@
 //! [`SecretSource`](sds_core::SecretSource).
 //!
 //! [`DirSource`] yields the complete contents of a directory, then again after every change:
-//! files are watched with inotify (through `notify-debouncer-full`), bursts of events are
-//! debounced into one reload, and every reload re-reads every credential on the blocking thread
-//! pool and validates it at the current time. [`scan`] is the same read, once, without watching.
+//! directories are watched with inotify (through `notify-debouncer-full`), bursts of events are
+//! debounced into one reload, and a reload, on the blocking thread pool, reads and validates
+//! at the current time only the credentials whose files changed. [`scan`] is one read of
+//! everything, without watching.
+//!
+//! # Watching, and what it cannot see
+//!
+//! Each watch is on one directory, not recursive, and only where a change matters: the nearest
+//! existing ancestor of `DIR` (so that `DIR`, or a parent, being removed, created or replaced
+//! is seen), `DIR`, each credential directory, and each directory a symlink among its files
+//! leads into (kubelet's payload directory, a certbot `archive/`). The watches follow the
+//! directory on every reload: a `DIR` or parent deleted and created again is watched again.
+//!
+//! A directory that cannot be watched (no read permission, the inotify watch limit reached) is
+//! logged once at warn level, naming it and why; every other credential stays watched. As a
+//! safety net for that and for anything inotify does not report, the directory is read again
+//! every [rescan interval](DirSource::rescan) (30 s by default). That read is cheap: a
+//! credential whose directory and files have the same identity, size and times as at the last
+//! read is not read again, and one whose files have the same content (by SHA-256) is not
+//! parsed again; an update is yielded only if something changed. A certificate rejected for
+//! the time (not valid yet, expired) is validated again at every reload, and one not valid yet
+//! is read again when its notBefore passes.
 //!
 //! # Layout
 //!
@@ -28,12 +47,16 @@
 //!   publisher keeps serving the last good version of a rejected secret, and never serves a name
 //!   that was never valid. A chain renamed into place before its new key is therefore rejected
 //!   for a moment, and the write of the key triggers the reload that heals it.
-//! - Names starting with `.` are not credentials (kubelet's `..data`, editors' files), nor are
-//!   plain files, names that are not valid [`SecretName`](sds_core::SecretName)s, or
-//!   directories without any of the files above. Those are skipped and logged once, at warn level.
+//! - Names starting with `.` are not credentials (kubelet's `..data`, editors' files), nor is
+//!   `lost+found` (skipped silently). Nor are plain files, names that are not valid
+//!   [`SecretName`](sds_core::SecretName)s, or directories without any of the files above:
+//!   those are skipped and logged once, at warn level.
+//! - A credential directory that cannot be read (no permission) rejects `<name>`, with the
+//!   directory and the reason; the others are not disturbed.
 //! - A credential directory that disappears disappears from the next update; a new one appears.
-//!   If `DIR` itself is missing or unreadable, the stream yields an [`Error::ReadDir`] (the
-//!   publisher keeps its last snapshot) and reloads when `DIR` reappears.
+//!   If `DIR` itself (or a parent) is missing, is not a directory or is unreadable, the stream
+//!   yields an [`Error::ReadDir`] once (the publisher keeps its last snapshot) and reloads when
+//!   `DIR` reappears: a `DIR` missing at start is waited for.
 //!
 //! ```text
 //! /etc/sds/credentials/
@@ -65,7 +88,7 @@
 //!
 //! In such a volume the files are symlinks through `..data` to a timestamped directory, and
 //! kubelet updates a Secret by writing a new timestamped directory and renaming a new `..data`
-//! symlink over the old one. The directory is watched recursively, so the swap is seen, and a
+//! symlink over the old one. The credential directory is watched, so the swap is seen, and a
 //! credential is read again if `..data` changed while it was being read, so a chain and its key
 //! come from the same version. Mounting one Secret volume at `DIR` itself is not supported:
 //! `DIR` holds one subdirectory per credential.
@@ -78,7 +101,9 @@
 //! use sds_source_fs::DirSource;
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! let source = DirSource::new("/etc/sds/credentials").debounce(Duration::from_millis(200));
+//! let source = DirSource::new("/etc/sds/credentials")
+//!     .debounce(Duration::from_millis(200))
+//!     .rescan(Duration::from_secs(60));
 //! let (mut reader, driver) = sds_core::publish(source);
 //! tokio::spawn(driver); // the embedder owns the task; dropping it stops the watcher
 //! let snapshot = reader.ready().await?;
@@ -95,14 +120,16 @@
 //! # Scope
 //!
 //! This crate reads and watches local files. It does not validate credentials itself (that is
-//! `sds-core`), talk to the Kubernetes API (`sds-source-k8s`), serve SDS (`sds-server`), reload
-//! on a timer (a certificate that expires while its files stay unchanged stays served), or
-//! write anything.
+//! `sds-core`), talk to the Kubernetes API (`sds-source-k8s`), serve SDS (`sds-server`), or
+//! write anything. A certificate that expires while its files stay unchanged stays served (the
+//! rescan does not validate unchanged files again).
 
+mod credential;
 mod error;
 mod layout;
 mod scan;
 mod source;
+mod stamp;
 mod watch;
 
 pub use crate::{error::Error, scan::scan, source::DirSource};

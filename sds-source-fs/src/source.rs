@@ -1,19 +1,21 @@
 //! [`DirSource`]: a watched directory as a [`SecretSource`].
 
 use std::{
+    io,
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
 };
 
 use futures_core::Stream;
-use futures_util::{StreamExt as _, stream};
+use futures_util::stream;
 use sds_core::{SecretSource, UnixTime, Update};
-use tokio::sync::Notify;
+use tokio::{sync::Notify, time::Instant};
 
 use crate::{
     Error,
-    scan::{Ignored, Scan},
+    layout::shown,
+    scan::{Credentials, Ignored, Scan, Scope},
     watch::Watcher,
 };
 
@@ -21,11 +23,15 @@ use crate::{
 /// credential `<name>` (see the [crate docs](crate) for the layout).
 ///
 /// As a [`SecretSource`], it yields the complete state of the directory first, then again after
-/// every change, debounced. Every reload re-reads every credential, off the async runtime.
+/// every change, debounced, and reads the directory again every
+/// [rescan interval](DirSource::rescan) as a safety net. A reload runs off the async runtime and
+/// reads only what changed: a credential whose directory and files look as they did (identity,
+/// size, times) is not read again.
 #[derive(Clone, Debug)]
 pub struct DirSource {
     dir: PathBuf,
     debounce: Duration,
+    rescan: Duration,
 }
 
 // === impl DirSource ===
@@ -37,12 +43,19 @@ impl DirSource {
     /// The shortest debounce [`DirSource::debounce`] accepts.
     pub const MIN_DEBOUNCE: Duration = Duration::from_millis(10);
 
+    /// How often the directory is read although no change was reported, by default.
+    pub const DEFAULT_RESCAN: Duration = Duration::from_secs(30);
+
+    /// The shortest interval [`DirSource::rescan`] accepts.
+    pub const MIN_RESCAN: Duration = Duration::from_millis(100);
+
     /// A source for the credentials in `dir`. A relative `dir` is resolved against the current
     /// directory when the stream starts. Nothing is read or watched before then.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self {
             dir: dir.into(),
             debounce: Self::DEFAULT_DEBOUNCE,
+            rescan: Self::DEFAULT_RESCAN,
         }
     }
 
@@ -51,6 +64,19 @@ impl DirSource {
     /// [`DirSource::MIN_DEBOUNCE`]). A burst of writes gives one reload.
     pub fn debounce(mut self, debounce: Duration) -> Self {
         self.debounce = debounce.max(Self::MIN_DEBOUNCE);
+        self
+    }
+
+    /// Sets how often the directory is read although no change was reported
+    /// ([`DirSource::DEFAULT_RESCAN`] by default, at least [`DirSource::MIN_RESCAN`]).
+    ///
+    /// Changes are watched with inotify, and this read is the safety net for what inotify
+    /// cannot report: a directory it may not watch (no read permission, the watch limit
+    /// reached; each is logged once), a change behind a symlink into a directory that is not
+    /// watched, a network file system. It is cheap: only credentials whose files changed are
+    /// read, and an update is yielded only if something changed.
+    pub fn rescan(mut self, interval: Duration) -> Self {
+        self.rescan = interval.max(Self::MIN_RESCAN);
         self
     }
 
@@ -65,16 +91,15 @@ impl SecretSource for DirSource {
 
     /// Watches the directory, then reads it: the first item is the initial state.
     ///
-    /// An [`Error::ReadDir`] item means the directory is missing or unreadable; the stream goes
-    /// on and reads it again when it reappears. An [`Error::Watch`] item means changes may be
-    /// missed; if the watcher cannot even start (e.g. the parent directory does not exist),
-    /// that error is the only item and the stream ends. Dropping the stream stops the watcher.
+    /// An [`Error::ReadDir`] item means the directory is missing (or a parent is), is not a
+    /// directory, or is unreadable; it is yielded once, and the stream goes on: the directory is
+    /// read again when it (or a parent) appears, and at every rescan. Dropping the stream stops
+    /// the watcher.
     fn into_stream(self) -> impl Stream<Item = Result<Update, Error>> + Send + 'static {
         stream::unfold(Reloader::new(self), |mut reloader| async move {
-            let items = reloader.next().await?;
-            Some((stream::iter(items), reloader))
+            let item = reloader.next().await?;
+            Some((item, reloader))
         })
-        .flatten()
     }
 }
 
@@ -85,29 +110,48 @@ struct Reloader {
     /// Set by the watcher's callback; a burst of events leaves one permit.
     dirty: Arc<Notify>,
     phase: Phase,
+    /// What the stream yielded last, so that an unchanged read yields nothing.
+    last: Option<Yielded>,
     /// Entries already reported as not being credentials, so each is reported once.
     warned: Vec<Ignored>,
     /// Secrets served and names rejected by the last read, to log only what changed.
     counts: Option<(usize, usize)>,
     /// When to read again although no file changed (a certificate becomes valid then).
     retry_at: Option<UnixTime>,
+    /// When to read again anyway.
+    rescan_at: Instant,
+    /// Whether the next reload looks at every credential, not only those events concern.
+    full: bool,
+    /// Whether to reload at once (watches were added after the last read).
+    again: bool,
 }
 
 #[derive(Debug)]
 enum Phase {
     /// Nothing watched or read yet.
     Start,
-    /// Watching; the watcher is `None` only while a reload holds it.
-    Watching(Option<Watcher>),
-    /// The watcher could not start: the stream has ended.
+    /// Between reloads; the state is `None` only while a reload holds it.
+    Running(Option<Box<State>>),
+    /// The runtime is shutting down: the stream has ended.
     Done,
 }
 
-/// What one reload, run on the blocking pool, hands back.
-struct Reload {
+/// What a reload needs and hands on to the next one.
+#[derive(Debug)]
+struct State {
+    /// The directory, absolute.
+    dir: PathBuf,
+    /// `None` if inotify cannot be used: then the rescans alone see changes.
     watcher: Option<Watcher>,
-    watch_error: Option<Error>,
-    scan: Option<Result<Scan, Error>>,
+    /// Every credential as last read.
+    credentials: Credentials,
+}
+
+/// The last item of the stream.
+#[derive(Debug, PartialEq, Eq)]
+enum Yielded {
+    Update,
+    Failed(io::ErrorKind),
 }
 
 // === impl Reloader ===
@@ -115,78 +159,121 @@ struct Reload {
 impl Reloader {
     fn new(source: DirSource) -> Self {
         Self {
+            rescan_at: Instant::now() + source.rescan,
             source,
             dirty: Arc::new(Notify::new()),
             phase: Phase::Start,
+            last: None,
             warned: Vec::new(),
             counts: None,
             retry_at: None,
+            full: true,
+            again: false,
         }
     }
 
-    /// Waits for a change (except the first time), reloads, and returns the items to yield.
-    async fn next(&mut self) -> Option<Vec<Result<Update, Error>>> {
-        let watcher = match &mut self.phase {
-            Phase::Start => None,
-            Phase::Watching(watcher) => {
-                match self.retry_at.take() {
-                    Some(at) => {
-                        let wait = at
-                            .as_secs()
-                            .saturating_sub(UnixTime::now().as_secs())
-                            .saturating_add(1);
-                        tokio::select! {
-                            () = self.dirty.notified() => {}
-                            () = tokio::time::sleep(Duration::from_secs(wait)) => {
-                                tracing::debug!("reading again: a rejected certificate's notBefore has passed");
-                            }
-                        }
-                    }
-                    None => self.dirty.notified().await,
-                }
-                watcher.take()
+    /// Waits for a change (except the first time) and reloads, until a reload has something
+    /// to yield.
+    async fn next(&mut self) -> Option<Result<Update, Error>> {
+        loop {
+            match self.phase {
+                Phase::Start => {}
+                Phase::Running(_) if std::mem::take(&mut self.again) => self.full = true,
+                Phase::Running(_) => self.wait().await,
+                Phase::Done => return None,
             }
-            Phase::Done => return None,
-        };
-        let dir = self.source.dir.clone();
-        let debounce = self.source.debounce;
-        let dirty = Arc::clone(&self.dirty);
-        let reload = tokio::task::spawn_blocking(move || reload(&dir, debounce, dirty, watcher));
-        let Reload {
-            watcher,
-            watch_error,
-            scan,
-        } = match reload.await {
-            Ok(reload) => reload,
-            Err(error) => match error.try_into_panic() {
-                Ok(panic) => std::panic::resume_unwind(panic),
-                // The runtime is shutting down.
-                Err(_) => return None,
-            },
-        };
-        self.phase = match watcher {
-            Some(watcher) => Phase::Watching(Some(watcher)),
-            None => Phase::Done,
-        };
+            let full = std::mem::take(&mut self.full);
+            let state = match &mut self.phase {
+                Phase::Running(state) => state.take(),
+                Phase::Start | Phase::Done => None,
+            };
+            let source = self.source.clone();
+            let dirty = Arc::clone(&self.dirty);
+            let reload = tokio::task::spawn_blocking(move || {
+                let mut state = state.unwrap_or_else(|| Box::new(State::start(&source, dirty)));
+                let (scan, added) = state.reload(UnixTime::now(), full);
+                (state, scan, added)
+            });
+            let (state, scan, added) = match reload.await {
+                Ok(reloaded) => reloaded,
+                Err(error) => match error.try_into_panic() {
+                    Ok(panic) => std::panic::resume_unwind(panic),
+                    // The runtime is shutting down.
+                    Err(_) => {
+                        self.phase = Phase::Done;
+                        return None;
+                    }
+                },
+            };
+            self.phase = Phase::Running(Some(state));
+            self.rescan_at = Instant::now() + self.source.rescan;
+            // A change made between the read and a new watch has no event: look again.
+            self.again = added;
+            if let Some(item) = self.outcome(scan) {
+                return Some(item);
+            }
+        }
+    }
 
-        let mut items = Vec::with_capacity(2);
-        items.extend(watch_error.map(Err));
+    /// Waits for a reported change, the time a rejected certificate becomes valid, or the
+    /// next rescan, whichever comes first.
+    async fn wait(&mut self) {
+        let retry_at = self.retry_at;
+        let retry = async {
+            match retry_at {
+                Some(at) => {
+                    let wait = at
+                        .as_secs()
+                        .saturating_sub(UnixTime::now().as_secs())
+                        .saturating_add(1);
+                    tokio::time::sleep(Duration::from_secs(wait)).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = self.dirty.notified() => {}
+            () = retry => {
+                tracing::debug!("reading again: a rejected certificate's notBefore has passed");
+                self.full = true;
+            }
+            () = tokio::time::sleep_until(self.rescan_at) => {
+                tracing::debug!(dir = %shown(&self.source.dir), "reading again: periodic rescan");
+                self.full = true;
+            }
+        }
+    }
+
+    /// What to yield for a reload: an update unless it is the same as the last one, an error
+    /// unless it is the same as the last one.
+    fn outcome(&mut self, scan: Result<Scan, Error>) -> Option<Result<Update, Error>> {
         match scan {
-            Some(Ok(scan)) => {
+            Ok(scan) => {
                 self.log(&scan);
                 // Nothing on disk changes when a rejected certificate becomes valid: read
                 // again then.
                 self.retry_at = scan.update.recheck_at();
-                items.push(Ok(scan.update));
+                if !scan.changed && self.last == Some(Yielded::Update) {
+                    return None;
+                }
+                self.last = Some(Yielded::Update);
+                Some(Ok(scan.update))
             }
-            Some(Err(error)) => {
+            Err(error) => {
                 // Logged by the publisher; log the next successful read again.
                 self.counts = None;
-                items.push(Err(error));
+                self.retry_at = None;
+                let Error::ReadDir { source, .. } = &error;
+                let failed = Yielded::Failed(source.kind());
+                if self.last.as_ref() == Some(&failed) {
+                    let error: &dyn std::error::Error = &error;
+                    tracing::debug!(error, "credential directory still unreadable");
+                    return None;
+                }
+                self.last = Some(failed);
+                Some(Err(error))
             }
-            None => {}
         }
-        Some(items)
     }
 
     /// Logs what this read found, once for what did not change since the last one. Rejected
@@ -199,9 +286,14 @@ impl Reloader {
         }
         self.warned.clone_from(&scan.ignored);
         let counts = (scan.served, scan.rejected);
-        let dir = self.source.dir.display();
+        let dir = shown(&self.source.dir);
+        let work = scan.work;
         if self.counts == Some(counts) {
-            tracing::debug!(%dir, secrets = scan.served, rejected = scan.rejected, "reloaded credentials");
+            tracing::debug!(
+                %dir, secrets = scan.served, rejected = scan.rejected,
+                reused = work.reused, read = work.read, parsed = work.parsed,
+                "reloaded credentials"
+            );
         } else {
             tracing::info!(%dir, secrets = scan.served, rejected = scan.rejected, "loaded credentials");
         }
@@ -209,24 +301,64 @@ impl Reloader {
     }
 }
 
-/// One reload, blocking: starts the watcher the first time, makes sure the directory is watched
-/// as it is now, then reads everything at the current time.
-fn reload(dir: &Path, debounce: Duration, dirty: Arc<Notify>, watcher: Option<Watcher>) -> Reload {
-    let mut watcher = match watcher.map_or_else(|| Watcher::start(dir, debounce, dirty), Ok) {
-        Ok(watcher) => watcher,
-        Err(error) => {
-            return Reload {
-                watcher: None,
-                watch_error: Some(error),
-                scan: None,
-            };
+// === impl State ===
+
+impl State {
+    /// Starts watching `source`'s directory. Blocking.
+    fn start(source: &DirSource, dirty: Arc<Notify>) -> Self {
+        // Relative to the current directory; if that is gone, the reads say so.
+        let dir = std::path::absolute(&source.dir).unwrap_or_else(|_| source.dir.clone());
+        let watcher = match Watcher::start(dir.clone(), source.debounce, source.rescan, dirty) {
+            Ok(watcher) => Some(watcher),
+            Err(reason) => {
+                tracing::warn!(
+                    dir = %shown(&dir),
+                    reason = %reason,
+                    rescan = ?source.rescan,
+                    "cannot watch for changes; the directory is read again periodically"
+                );
+                None
+            }
+        };
+        Self {
+            dir,
+            watcher,
+            credentials: Credentials::default(),
         }
-    };
-    let watch_error = watcher.sync().err();
-    let scan = Scan::read(watcher.dir(), UnixTime::now());
-    Reload {
-        watcher: Some(watcher),
-        watch_error,
-        scan: Some(scan),
+    }
+
+    /// One reload, blocking: makes sure `DIR` is watched as it is now, reads what changed at
+    /// `now` (every credential's stamps if `full`, else only those events concern), then
+    /// watches the credentials as read. Also says whether a watch was added.
+    fn reload(&mut self, now: UnixTime, full: bool) -> (Result<Scan, Error>, bool) {
+        let changes = match &mut self.watcher {
+            Some(watcher) => {
+                let changes = watcher.take_changes();
+                watcher.watch_top();
+                // Only a watched `DIR` reports every entry that comes and goes.
+                let targeted = !full && !changes.everything && watcher.watches_dir();
+                Some(changes).filter(|_| targeted)
+            }
+            None => None,
+        };
+        let scan = match (&changes, &self.watcher) {
+            (Some(changes), Some(watcher)) => {
+                let watched = |id| watcher.watches(id);
+                let scope = Scope::Changed {
+                    entries: &changes.entries,
+                    watched: &watched,
+                };
+                Scan::read(&self.dir, now, &mut self.credentials, scope)
+            }
+            _ => Scan::read(&self.dir, now, &mut self.credentials, Scope::All),
+        };
+        if scan.is_err() {
+            self.credentials.clear();
+        }
+        let added = match &mut self.watcher {
+            Some(watcher) => watcher.sync(self.credentials.watch()) > 0,
+            None => false,
+        };
+        (scan, added)
     }
 }

@@ -1,119 +1,401 @@
-//! Watching the directory for changes: inotify through `notify-debouncer-full`, reduced to one
-//! "something changed" signal. Nothing here reads a credential.
+//! Watching for changes: inotify through `notify-debouncer-full`, reduced to one "something
+//! changed" signal. Nothing here reads a credential.
+//!
+//! Every watch is set on one directory, not recursively, and only where a change can matter:
+//! the nearest existing ancestor of `DIR` (so that the removal, creation or replacement of
+//! `DIR` or of any directory above it is seen), `DIR` itself (credentials coming and going),
+//! and each credential's directories (the directory and where its symlinks lead). The set
+//! is brought up to date on every reload. A directory that cannot be watched (no read
+//! permission, the inotify watch limit reached) is reported once, naming it and why, and left
+//! to the periodic rescan; it takes no other watch down with it.
 
 use std::{
-    ffi::OsString,
+    collections::{HashMap, HashSet},
+    ffi::{OsStr, OsString},
     fmt, fs, io,
-    path::{Path, PathBuf},
+    path::{Component, Path, PathBuf},
     sync::Arc,
     time::Duration,
 };
 
 use notify_debouncer_full::{
-    DebounceEventResult, Debouncer, FileIdMap,
-    file_id::{FileId, get_file_id},
-    new_debouncer_opt,
+    DebounceEventResult, DebouncedEvent, Debouncer, FileIdMap, new_debouncer_opt,
     notify::{
         self, EventKind, RecommendedWatcher, RecursiveMode,
-        event::{AccessKind, AccessMode},
+        event::{AccessKind, AccessMode, ModifyKind},
     },
 };
+use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use crate::Error;
+use crate::{layout::shown, stamp::FileId};
 
-/// Watches a credential directory recursively, and its parent so that the directory's removal,
-/// creation and replacement are seen too. Every debounced batch of relevant events wakes
-/// `dirty`; bursts coalesce into one stored permit.
+/// How many times the watches above the credentials are set again when `DIR` or its parents
+/// keep changing while they are being set.
+const MAX_TOP_ROUNDS: usize = 3;
+
+/// Why a directory is not watched when the inotify watch limit is reached.
+const WATCH_LIMIT: &str = "the inotify watch limit is reached (sysctl fs.inotify.max_user_watches)";
+
+/// The watches of one directory source. Every debounced batch of relevant events wakes `dirty`;
+/// bursts coalesce into one stored permit.
 ///
 /// Dropping the watcher stops its threads.
 pub(crate) struct Watcher {
     debouncer: Debouncer<RecommendedWatcher, FileIdMap>,
     /// The credential directory, absolute.
     dir: PathBuf,
-    /// What `dir` looked like when its recursive watch was set; `None` while it is not watched.
-    watched: Option<Shape>,
+    /// Every directory watched, by the path its watch was set with.
+    watched: HashMap<PathBuf, FileId>,
+    /// The watches, by the directory they are on: one watch per directory, since
+    /// inotify gives two paths of one directory the same watch.
+    by_id: HashMap<FileId, Watch>,
+    /// What the event handler noted since the last reload.
+    noted: Arc<Mutex<Noted>>,
+    /// Directories that could not be watched, with why, as reported.
+    unwatchable: HashMap<PathBuf, Unwatchable>,
+    /// Whether the watch limit was reported (for the directories not even tried).
+    limit_reported: bool,
+    /// Counts the calls to [`Watcher::sync`], to tell which watches it kept.
+    generation: u64,
+    /// How often the source reads everything anyway, for the logs.
+    rescan: Duration,
 }
 
-/// The identity of the directory and of its visible entries, following symlinks. When it
-/// changes, the recursive watch is set again, so that a recreated directory or an entry whose
-/// symlink now points elsewhere is watched where it is now.
-#[derive(Debug, PartialEq, Eq)]
-struct Shape {
-    dir: FileId,
-    entries: Vec<(OsString, FileId)>,
+/// A directory watched.
+#[derive(Debug)]
+struct Watch {
+    /// The path its watch was set with.
+    path: PathBuf,
+    /// The last [`Watcher::sync`] that wanted it.
+    generation: u64,
+}
+
+/// A directory that could not be watched, as reported.
+#[derive(Debug)]
+struct Unwatchable {
+    id: FileId,
+    reason: String,
+    generation: u64,
+}
+
+/// What the events since the last reload say changed.
+#[derive(Debug, Default)]
+pub(crate) struct Changes {
+    /// Something that cannot be pinned to one entry of `DIR` (`DIR` itself, a directory above
+    /// it, a directory outside it that a symlink leads into, lost events): read everything.
+    pub(crate) everything: bool,
+    /// The entries of `DIR` in which something changed.
+    pub(crate) entries: HashSet<OsString>,
+}
+
+/// What the event handler notes for the next reload.
+#[derive(Debug, Default)]
+struct Noted {
+    changes: Changes,
+    /// Paths of directories removed or renamed: notify has dropped their watches (and those
+    /// below them) by itself.
+    dropped: HashSet<PathBuf>,
+}
+
+/// The progress of one [`Watcher::sync`].
+struct Pass {
+    generation: u64,
+    /// Watches added.
+    added: usize,
+    /// Whether the watch limit was reached.
+    limit: bool,
+    /// Directories not even tried once the limit was reached.
+    not_tried: usize,
+}
+
+/// What [`Watcher::watch`] did.
+enum Outcome {
+    /// The directory was watched already (under this path or another).
+    Kept,
+    /// A new watch is set.
+    Added,
+    /// It cannot be watched, for this reason; `None` when it is gone meanwhile (a watch above
+    /// it reports that).
+    Failed(Option<String>),
+    /// The inotify watch limit is reached.
+    Limit,
 }
 
 // === impl Watcher ===
 
 impl Watcher {
-    /// Starts the watcher threads and watches the parent of `dir`. Blocking (it walks the
-    /// parent to record file ids); `dir` is watched by the first [`Watcher::sync`].
-    pub(crate) fn start(dir: &Path, debounce: Duration, dirty: Arc<Notify>) -> Result<Self, Error> {
-        let dir = std::path::absolute(dir).map_err(|source| Error::Watch {
-            path: dir.to_owned(),
-            source,
-        })?;
-        let relevant_to = dir.clone();
-        let on_events = move |result: DebounceEventResult| {
-            let relevant = match &result {
-                Ok(events) => events.iter().any(|event| concerns(event, &relevant_to)),
-                Err(errors) => {
-                    for error in errors {
-                        let error: &dyn std::error::Error = error;
-                        tracing::warn!(error, "file watcher failed; reloading every credential");
+    /// Starts the watcher threads; nothing is watched until [`Watcher::watch_top`].
+    /// `dir` is absolute. Blocking.
+    ///
+    /// # Errors
+    ///
+    /// Why inotify cannot be used at all (e.g. the limit of inotify instances is reached).
+    pub(crate) fn start(
+        dir: PathBuf,
+        debounce: Duration,
+        rescan: Duration,
+        dirty: Arc<Notify>,
+    ) -> Result<Self, String> {
+        let noted = Arc::new(Mutex::new(Noted::default()));
+        let on_events = {
+            let dir = dir.clone();
+            let noted = Arc::clone(&noted);
+            move |result: DebounceEventResult| {
+                let relevant = match &result {
+                    Ok(events) => noted.lock().note(events, &dir),
+                    Err(errors) => {
+                        for error in errors {
+                            let error: &dyn std::error::Error = error;
+                            tracing::warn!(
+                                error,
+                                "file watcher failed; reading every credential again"
+                            );
+                        }
+                        noted.lock().changes.everything = true;
+                        true
                     }
-                    true
+                };
+                if relevant {
+                    dirty.notify_one();
                 }
-            };
-            if relevant {
-                dirty.notify_one();
             }
         };
-        let mut debouncer = new_debouncer_opt::<_, RecommendedWatcher, FileIdMap>(
+        let debouncer = new_debouncer_opt::<_, RecommendedWatcher, FileIdMap>(
             debounce,
             None,
             on_events,
             FileIdMap::new(),
             notify::Config::default(),
         )
-        .map_err(watch_error(&dir))?;
-        if let Some(parent) = dir.parent() {
-            debouncer
-                .watch(parent, RecursiveMode::NonRecursive)
-                .map_err(watch_error(parent))?;
-        }
+        .map_err(|error| reason(&error).unwrap_or_else(|| error.to_string()))?;
         Ok(Self {
             debouncer,
             dir,
-            watched: None,
+            watched: HashMap::new(),
+            by_id: HashMap::new(),
+            noted,
+            unwatchable: HashMap::new(),
+            limit_reported: false,
+            generation: 0,
+            rescan,
         })
     }
 
-    /// The credential directory, absolute.
-    pub(crate) fn dir(&self) -> &Path {
-        &self.dir
+    /// What changed since the last call, as the events tell.
+    pub(crate) fn take_changes(&mut self) -> Changes {
+        std::mem::take(&mut self.noted.lock().changes)
     }
 
-    /// Watches the directory recursively if it exists and is not watched as it is now: call it
-    /// before every read, so that no change between the two is missed. Blocking.
-    pub(crate) fn sync(&mut self) -> Result<(), Error> {
-        let shape = Shape::of(&self.dir);
-        if shape == self.watched {
-            return Ok(());
+    /// Whether the directory `id` is watched: a change in it is reported.
+    pub(crate) fn watches(&self, id: FileId) -> bool {
+        self.by_id.contains_key(&id)
+    }
+
+    /// Whether `DIR` itself is watched: entries created, removed or renamed in it are reported.
+    pub(crate) fn watches_dir(&self) -> bool {
+        self.watched.contains_key(&self.dir)
+    }
+
+    /// Watches `DIR` and its nearest existing ancestor as they are now: call it before reading
+    /// `DIR`, so that no change after the read is missed. Blocking.
+    pub(crate) fn watch_top(&mut self) {
+        self.forget_dropped();
+        for _ in 0..MAX_TOP_ROUNDS {
+            let top = self.top();
+            for (path, id) in &top {
+                if let Outcome::Failed(Some(reason)) = self.watch(path, *id) {
+                    self.report(path, *id, reason);
+                }
+            }
+            // A directory created or replaced while it was being watched is watched again.
+            if self.top() == top {
+                return;
+            }
         }
-        if self.watched.take().is_some() {
+    }
+
+    /// Brings every watch up to date: `DIR`, its nearest existing ancestor, and the
+    /// directories of the credentials as just read; stops watching anything else. Returns how
+    /// many watches it added: a change made between the read and a new watch is missed, so
+    /// the caller reads once more if any was. Blocking.
+    pub(crate) fn sync<'a>(
+        &mut self,
+        credentials: impl Iterator<Item = (&'a Path, FileId)>,
+    ) -> usize {
+        self.forget_dropped();
+        self.generation += 1;
+        let mut sync = Pass {
+            generation: self.generation,
+            added: 0,
+            limit: false,
+            not_tried: 0,
+        };
+        for (path, id) in self.top() {
+            self.want(&path, id, &mut sync);
+        }
+        for (path, id) in credentials {
+            self.want(path, id, &mut sync);
+        }
+        let generation = sync.generation;
+        // Stop watching what is no longer wanted.
+        let stale: Vec<PathBuf> = self
+            .by_id
+            .values()
+            .filter(|watch| watch.generation != generation)
+            .map(|watch| watch.path.clone())
+            .collect();
+        for path in stale {
+            self.unwatch(&path);
+        }
+        self.unwatchable.retain(|_, u| u.generation == generation);
+        if sync.not_tried > 0 && !self.limit_reported {
+            tracing::warn!(
+                directories = sync.not_tried,
+                reason = WATCH_LIMIT,
+                rescan = ?self.rescan,
+                "more directories cannot be watched for changes; they are read again periodically"
+            );
+        }
+        self.limit_reported = sync.limit;
+        sync.added
+    }
+
+    /// Watches the directory `id` at `path` for this sync, unless it is watched already.
+    fn want(&mut self, path: &Path, id: FileId, sync: &mut Pass) {
+        if sync.limit {
+            // Every further watch would fail the same way.
+            if !self.keep(id, sync.generation) {
+                sync.not_tried += 1;
+            }
+            return;
+        }
+        match self.watch(path, id) {
+            Outcome::Kept | Outcome::Failed(None) => {}
+            Outcome::Added => sync.added += 1,
+            Outcome::Failed(Some(reason)) => {
+                self.report(path, id, reason);
+                self.mark_unwatchable(path, sync.generation);
+            }
+            Outcome::Limit => {
+                sync.limit = true;
+                self.report(path, id, WATCH_LIMIT.to_owned());
+                self.mark_unwatchable(path, sync.generation);
+            }
+        }
+        self.keep(id, sync.generation);
+    }
+
+    /// The directories above the credentials to watch: `DIR` if it is one, and its nearest
+    /// existing ancestor.
+    fn top(&self) -> Vec<(PathBuf, FileId)> {
+        let mut top = Vec::with_capacity(2);
+        let dir = |path: &Path| fs::metadata(path).ok().filter(|m| m.is_dir());
+        if let Some(metadata) = dir(&self.dir) {
+            top.push((self.dir.clone(), FileId::of(&metadata)));
+        }
+        if let Some((path, metadata)) = self
+            .dir
+            .ancestors()
+            .skip(1)
+            .find_map(|path| Some((path, dir(path)?)))
+        {
+            top.push((path.to_owned(), FileId::of(&metadata)));
+        }
+        top
+    }
+
+    /// Watches the directory `id` at `path`, unless it is watched already.
+    fn watch(&mut self, path: &Path, id: FileId) -> Outcome {
+        if self.by_id.contains_key(&id) {
+            return Outcome::Kept;
+        }
+        // Another directory was there before: its watch is gone with it, or must go.
+        self.unwatch(path);
+        match self.debouncer.watch(path, RecursiveMode::NonRecursive) {
+            Ok(()) => {
+                self.watched.insert(path.to_owned(), id);
+                let watch = Watch {
+                    path: path.to_owned(),
+                    generation: 0,
+                };
+                self.by_id.insert(id, watch);
+                if self.unwatchable.remove(path).is_some() {
+                    tracing::info!(dir = %shown(path), "watching a directory for changes again");
+                }
+                Outcome::Added
+            }
+            Err(error) if matches!(error.kind, notify::ErrorKind::MaxFilesWatch) => Outcome::Limit,
+            Err(error) => Outcome::Failed(reason(&error)),
+        }
+    }
+
+    /// Marks the watch of the directory `id` (under any path) as wanted by this sync; returns
+    /// whether there is one.
+    fn keep(&mut self, id: FileId, generation: u64) -> bool {
+        match self.by_id.get_mut(&id) {
+            Some(watch) => {
+                watch.generation = generation;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn mark_unwatchable(&mut self, path: &Path, generation: u64) {
+        if let Some(unwatchable) = self.unwatchable.get_mut(path) {
+            unwatchable.generation = generation;
+        }
+    }
+
+    fn unwatch(&mut self, path: &Path) {
+        if let Some(id) = self.watched.remove(path) {
+            self.by_id.remove(&id);
             // Already gone if the directory was removed; nothing to undo then.
-            let _ = self.debouncer.unwatch(&self.dir);
+            let _ = self.debouncer.unwatch(path);
         }
-        // A missing directory is seen coming back through the parent's watch.
-        if let Some(shape) = shape {
-            self.debouncer
-                .watch(&self.dir, RecursiveMode::Recursive)
-                .map_err(watch_error(&self.dir))?;
-            self.watched = Some(shape);
+    }
+
+    /// Logs, once while it lasts, that the directory `id` at `path` cannot be watched.
+    fn report(&mut self, path: &Path, id: FileId, reason: String) {
+        if self
+            .unwatchable
+            .get(path)
+            .is_some_and(|u| u.id == id && u.reason == reason)
+        {
+            return;
         }
-        Ok(())
+        tracing::warn!(
+            dir = %shown(path),
+            reason = %reason,
+            rescan = ?self.rescan,
+            "cannot watch a directory for changes; it is read again periodically"
+        );
+        self.unwatchable.insert(
+            path.to_owned(),
+            Unwatchable {
+                id,
+                reason,
+                generation: self.generation,
+            },
+        );
+    }
+
+    /// Forgets the watches notify dropped by itself: those of removed or renamed directories
+    /// and of everything below them.
+    fn forget_dropped(&mut self) {
+        let dropped = std::mem::take(&mut self.noted.lock().dropped);
+        if dropped.is_empty() {
+            return;
+        }
+        let by_id = &mut self.by_id;
+        self.watched.retain(|path, id| {
+            let gone = path.ancestors().any(|p| dropped.contains(p));
+            if gone {
+                by_id.remove(id);
+            }
+            !gone
+        });
     }
 }
 
@@ -121,50 +403,129 @@ impl fmt::Debug for Watcher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Watcher")
             .field("dir", &self.dir)
-            .field("watched", &self.watched.is_some())
+            .field("watched", &self.watched.len())
+            .field("unwatchable", &self.unwatchable.len())
             .finish_non_exhaustive()
     }
 }
 
-// === impl Shape ===
+// === impl Noted ===
 
-impl Shape {
-    /// The shape of `dir`, or `None` if it cannot be looked at (then the read says why).
-    fn of(dir: &Path) -> Option<Self> {
-        let id = get_file_id(dir).ok()?;
-        let mut entries: Vec<_> = fs::read_dir(dir)
-            .ok()?
-            .filter_map(|entry| {
-                let entry = entry.ok()?;
-                let name = entry.file_name();
-                if name.as_encoded_bytes().starts_with(b".") {
-                    return None;
+impl Noted {
+    /// Notes what a debounced batch of events changed; returns whether anything relevant did.
+    fn note(&mut self, events: &[DebouncedEvent], dir: &Path) -> bool {
+        let mut relevant = false;
+        for event in events {
+            if drops_watches(event) {
+                self.dropped.extend(event.paths.iter().cloned());
+            }
+            if !may_change(event) {
+                continue;
+            }
+            if event.need_rescan() {
+                self.changes.everything = true;
+                relevant = true;
+            }
+            for path in &event.paths {
+                match concerns(path, dir) {
+                    Concerns::Nothing => continue,
+                    Concerns::Entry(entry) => {
+                        self.changes.entries.insert(entry.to_owned());
+                    }
+                    Concerns::Everything => self.changes.everything = true,
                 }
-                Some((name, get_file_id(entry.path()).ok()?))
-            })
-            .collect();
-        entries.sort();
-        Some(Self { dir: id, entries })
+                relevant = true;
+            }
+        }
+        relevant
     }
 }
 
-/// Whether a debounced event may change what the directory holds. Opening and reading files,
-/// which every reload does, does not.
-fn concerns(event: &notify::Event, dir: &Path) -> bool {
-    let may_change = match event.kind {
+/// What an event on a path may have changed.
+enum Concerns<'a> {
+    /// Nothing: something beside `DIR` in a directory above it.
+    Nothing,
+    /// This entry of `DIR`.
+    Entry(&'a OsStr),
+    /// Anything.
+    Everything,
+}
+
+/// Whether an event may change what the directory holds. Opening and reading files, which
+/// every reload does, does not.
+fn may_change(event: &notify::Event) -> bool {
+    match event.kind {
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
         EventKind::Access(_) => false,
         _ => true,
-    };
-    may_change && (event.need_rescan() || event.paths.iter().any(|p| p.starts_with(dir)))
+    }
 }
 
-fn watch_error(path: &Path) -> impl FnOnce(notify::Error) -> Error + '_ {
-    move |error| Error::Watch {
-        path: path.to_owned(),
-        source: match error.kind {
-            notify::ErrorKind::Io(io) => io,
-            _ => io::Error::other(error),
-        },
+/// What an event on `path` may have changed in `dir`.
+fn concerns<'a>(path: &'a Path, dir: &Path) -> Concerns<'a> {
+    if let Ok(rest) = path.strip_prefix(dir) {
+        return match rest.components().next() {
+            Some(Component::Normal(entry)) => Concerns::Entry(entry),
+            _ => Concerns::Everything,
+        };
+    }
+    let beside_dir = path.parent().is_some_and(|parent| dir.starts_with(parent));
+    if beside_dir && !dir.starts_with(path) {
+        Concerns::Nothing
+    } else {
+        Concerns::Everything
+    }
+}
+
+/// Whether notify drops the watches of an event's paths (and below): it does when a watched
+/// directory is removed or renamed.
+fn drops_watches(event: &notify::Event) -> bool {
+    matches!(
+        event.kind,
+        EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_))
+    )
+}
+
+/// Why a watch failed, as logged; `None` if the directory is gone.
+fn reason(error: &notify::Error) -> Option<String> {
+    match &error.kind {
+        notify::ErrorKind::PathNotFound => None,
+        notify::ErrorKind::Io(e) if e.kind() == io::ErrorKind::NotFound => None,
+        notify::ErrorKind::Io(e) => Some(e.to_string()),
+        notify::ErrorKind::MaxFilesWatch => Some(WATCH_LIMIT.to_owned()),
+        _ => Some(error.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::{Concerns, concerns};
+
+    #[test]
+    fn an_event_concerns_an_entry_everything_or_nothing() {
+        let dir = Path::new("/srv/sds/credentials");
+        let entry = |path: &str| match concerns(Path::new(path), dir) {
+            Concerns::Entry(entry) => Some(entry.to_string_lossy().into_owned()),
+            Concerns::Everything => Some("*".to_owned()),
+            Concerns::Nothing => None,
+        };
+        // Inside `DIR`: the entry it is in.
+        let web = Some("web".to_owned());
+        assert_eq!(entry("/srv/sds/credentials/web"), web);
+        assert_eq!(entry("/srv/sds/credentials/web/tls.crt"), web);
+        assert_eq!(entry("/srv/sds/credentials/web/..2026/tls.crt"), web);
+        // `DIR` itself, or a directory above it: anything may have changed.
+        let everything = Some("*".to_owned());
+        assert_eq!(entry("/srv/sds/credentials"), everything);
+        assert_eq!(entry("/srv/sds"), everything);
+        assert_eq!(entry("/srv"), everything);
+        // Where a symlink leads, outside `DIR`: anything.
+        assert_eq!(entry("/etc/letsencrypt/archive/web/cert1.pem"), everything);
+        // Something beside `DIR` in a directory above it: nothing.
+        assert_eq!(entry("/srv/sds/other"), None);
+        assert_eq!(entry("/srv/sds/credentials.old"), None);
+        assert_eq!(entry("/srv/unrelated"), None);
     }
 }

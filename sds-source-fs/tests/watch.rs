@@ -2,7 +2,7 @@
 
 mod fixture;
 
-use std::{fs, pin::pin, time::Duration};
+use std::{fs, pin::pin, sync::Arc, time::Duration};
 
 use fixture::{
     CredentialDir, DEBOUNCE, KubeletVolume, TIMEOUT, bundle, ca, describe, is_pair, leaf,
@@ -323,17 +323,32 @@ async fn a_dir_missing_at_start_is_read_when_it_appears() {
     wait_for(&mut reader, "a", |s| serves(s, "a", &a).then_some(())).await;
 }
 
+/// A `DIR` whose parent is missing too is an ambient error, once, then waited for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_missing_parent_ends_the_stream_with_a_watch_error() {
-    let dir = CredentialDir::new();
-    let missing = dir.path().join("no-parent").join("credentials");
-    let mut stream = pin!(DirSource::new(&missing).into_stream());
+async fn a_missing_parent_is_an_ambient_error_then_waited_for() {
+    let root = ca("Parent CA");
+    let a = leaf(&root, "a.example.com");
+    let temp = CredentialDir::new();
+    let missing = temp.path().join("no-parent").join("credentials");
+    let mut stream = pin!(DirSource::new(&missing).debounce(DEBOUNCE).into_stream());
     match next(&mut stream).await {
-        Err(Error::Watch { path, .. }) => assert_eq!(path, dir.path().join("no-parent")),
-        other => panic!("expected a watch error, got {other:?}"),
+        Err(Error::ReadDir { path, source }) => {
+            assert_eq!(path, missing);
+            assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+        }
+        other => panic!("expected a ReadDir error, got {other:?}"),
     }
-    let end = timeout(TIMEOUT, stream.next()).await.expect("ends in time");
-    assert!(end.is_none());
+    fs::create_dir_all(missing.join("a")).expect("create the parent, DIR and DIR/a");
+    let dir = missing.join("a");
+    fs::write(dir.join("tls.crt"), &a.chain_pem).expect("write tls.crt");
+    fs::write(dir.join("tls.key"), &a.key_pem).expect("write tls.key");
+    loop {
+        match next(&mut stream).await {
+            Ok(snapshot) if serves(&snapshot, "a", &a) => break,
+            Ok(_) => continue,
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -403,4 +418,139 @@ async fn a_not_yet_valid_certificate_is_read_again_when_it_becomes_valid() {
         .expect("served once valid, without any file change")
         .expect("publisher running");
     assert!(watch.current().is_some());
+}
+
+/// Longer than any test: only inotify can deliver a change in time.
+const NO_RESCAN: Duration = Duration::from_secs(3600);
+
+/// Lets the reloads that follow a read that added watches pass, so that a change made now is
+/// seen only by what the test means to exercise.
+async fn settle() {
+    tokio::time::sleep(DEBOUNCE * 4).await;
+}
+
+/// `rm -rf parent; mkdir -p parent/credentials`: the new directories are watched again, from
+/// inotify alone (no rescan in the test's time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_and_recreated_parent_is_watched_again() {
+    let root = ca("Parent CA");
+    let (a, b, b2) = (
+        leaf(&root, "a.example.com"),
+        leaf(&root, "b.example.com"),
+        leaf(&root, "b2.example.com"),
+    );
+    let temp = tempfile::tempdir().expect("a temporary directory");
+    let parent = temp.path().join("parent");
+    let dir = parent.join("credentials");
+    let write = |name: &str, leaf: &fixture::Leaf| {
+        fs::create_dir_all(dir.join(name)).expect("create DIR/<name>");
+        fs::write(dir.join(name).join("tls.crt"), &leaf.chain_pem).expect("write tls.crt");
+        fs::write(dir.join(name).join("tls.key"), &leaf.key_pem).expect("write tls.key");
+    };
+    write("a", &a);
+    let source = DirSource::new(&dir).debounce(DEBOUNCE).rescan(NO_RESCAN);
+    let (mut reader, driver) = publish(source);
+    tokio::spawn(driver);
+    wait_for(&mut reader, "a", |s| serves(s, "a", &a).then_some(())).await;
+    settle().await;
+
+    fs::remove_dir_all(&parent).expect("rm -rf parent");
+    fs::create_dir_all(&dir).expect("mkdir -p parent/credentials");
+    write("b", &b);
+    wait_for(&mut reader, "b in the new DIR, a gone", |s| {
+        (serves(s, "b", &b) && s.get("a").is_none()).then_some(())
+    })
+    .await;
+    settle().await;
+    // The new DIR and the new credential directory are watched: an in-place rewrite is seen.
+    write("b", &b2);
+    wait_for(&mut reader, "b rewritten", |s| {
+        serves(s, "b", &b2).then_some(())
+    })
+    .await;
+    write("c", &a);
+    wait_for(&mut reader, "c", |s| serves(s, "c", &a).then_some(())).await;
+}
+
+/// A change that no watch reports (a symlink swapped in a directory outside `DIR` that is not
+/// watched, only the directory it led to is) is read by the periodic rescan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rescan_reads_a_change_no_watch_reports() {
+    use std::os::unix::fs::symlink;
+
+    let root = ca("Rescan CA");
+    let (v1, v2) = (leaf(&root, "v1.example.com"), leaf(&root, "v2.example.com"));
+    let dir = CredentialDir::new();
+    let store = tempfile::tempdir().expect("a temporary directory");
+    for (version, leaf) in [("v1", &v1), ("v2", &v2)] {
+        let path = store.path().join(version);
+        fs::create_dir(&path).expect("create a version directory");
+        fs::write(path.join("tls.crt"), &leaf.chain_pem).expect("write tls.crt");
+        fs::write(path.join("tls.key"), &leaf.key_pem).expect("write tls.key");
+    }
+    symlink("v1", store.path().join("current")).expect("current -> v1");
+    fs::create_dir(dir.credential("web")).expect("create DIR/web");
+    for file in ["tls.crt", "tls.key"] {
+        let target = store.path().join("current").join(file);
+        symlink(target, dir.credential("web").join(file))
+            .expect("DIR/web/<file> -> current/<file>");
+    }
+
+    let source = DirSource::new(dir.path())
+        .debounce(DEBOUNCE)
+        .rescan(Duration::from_millis(300));
+    let (mut reader, driver) = publish(source);
+    tokio::spawn(driver);
+    wait_for(&mut reader, "v1", |s| serves(s, "web", &v1).then_some(())).await;
+    settle().await;
+    symlink("v2", store.path().join("current.tmp")).expect("current.tmp -> v2");
+    fs::rename(
+        store.path().join("current.tmp"),
+        store.path().join("current"),
+    )
+    .expect("rename current.tmp over current");
+    wait_for(&mut reader, "v2 from the rescan", |s| {
+        serves(s, "web", &v2).then_some(())
+    })
+    .await;
+}
+
+/// A reload reads only what changed: a credential whose files did not change, or were
+/// rewritten with the same bytes, keeps the very secret it had (not parsed again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_credential_is_not_parsed_again() {
+    let root = ca("Reuse CA");
+    let (a, b1, b2) = (
+        leaf(&root, "a.example.com"),
+        leaf(&root, "b1.example.com"),
+        leaf(&root, "b2.example.com"),
+    );
+    let dir = CredentialDir::new();
+    dir.write_tls("a", &a);
+    dir.write("a", "ca.crt", root.cert_pem());
+    dir.write_tls("b", &b1);
+    dir.write_tls("c", &a);
+    let mut stream = pin!(source(&dir).rescan(NO_RESCAN).into_stream());
+    let first = next(&mut stream).await.expect("initial state");
+    assert!(serves(&first, "a", &a) && serves(&first, "b", &b1));
+
+    // `c` gets the same bytes again (new stamps, same content), `b` a new certificate.
+    fs::write(dir.credential("c").join("tls.crt"), &a.chain_pem).expect("rewrite tls.crt");
+    dir.write_tls("b", &b2);
+    let snapshot = loop {
+        let snapshot = next(&mut stream).await.expect("DIR is readable");
+        if serves(&snapshot, "b", &b2) {
+            break snapshot;
+        }
+    };
+    let same = |name: &str| {
+        let (before, after) = (first.get(name), snapshot.get(name));
+        before.zip(after).is_some_and(|(x, y)| Arc::ptr_eq(x, y))
+    };
+    assert!(same("a") && same("a-cacert"), "a was parsed again");
+    assert!(
+        same("c"),
+        "c was parsed again though its bytes are the same"
+    );
+    assert!(!same("b"));
 }
