@@ -111,6 +111,12 @@ impl Server {
         }
         let envoy = Envoy::start(&bootstrap.to_yaml());
         let port = envoy.wait_for_listener(SdsBootstrap::DEFAULT_LISTENER, WAIT);
+        // A static listener is listed before its secrets arrive; it serves once Envoy's
+        // initialization is over, when every secret was received: `/ready` says LIVE.
+        eventually("Envoy is LIVE (every secret received)", || {
+            let (status, body) = envoy.admin_request("GET", "/ready");
+            status == 200 && body.trim() == "LIVE"
+        });
         (envoy, port)
     }
 }
@@ -281,7 +287,11 @@ fn two_hosts_by_sni_tcp_delta() {
 }
 
 /// MUTUAL: the credential's `cacert` is served as `<name>-cacert` and verifies clients.
-fn mutual_tls(transport: Transport, api: SdsApi) {
+///
+/// `secret` is the name Envoy asks for: `httpbin-credential`, or Istio 1.26+'s external-SDS
+/// form `sds://httpbin-credential` (a gateway's `credentialName: sds://…`), which asks for
+/// `sds://httpbin-credential-cacert` too; both are served from the credential's files.
+fn mutual_tls(transport: Transport, api: SdsApi, secret: &str) {
     let server = Server::start(transport);
     let ca = Ca::new("example.com");
     let clients = Ca::new("clients.example.com");
@@ -293,10 +303,7 @@ fn mutual_tls(transport: Transport, api: SdsApi) {
     server.wait_for("credential and its -cacert", |s| {
         s.get("httpbin-credential-cacert").is_some() && s.get("httpbin-credential").is_some()
     });
-    let (_envoy, port) = server.envoy(
-        api,
-        vec![FilterChain::new("httpbin-credential", &[HTTPBIN]).mutual()],
-    );
+    let (_envoy, port) = server.envoy(api, vec![FilterChain::new(secret, &[HTTPBIN]).mutual()]);
     let server_ca = server.file("example.com.crt", ca.cert_pem());
 
     let anonymous = get(HTTPBIN, port, &server_ca);
@@ -336,12 +343,12 @@ fn mutual_tls(transport: Transport, api: SdsApi) {
 
 #[test]
 fn mutual_tls_tcp_sotw() {
-    mutual_tls(Transport::Tcp, SdsApi::Grpc);
+    mutual_tls(Transport::Tcp, SdsApi::Grpc, "httpbin-credential");
 }
 
 #[test]
 fn mutual_tls_unix_delta() {
-    mutual_tls(Transport::Unix, SdsApi::DeltaGrpc);
+    mutual_tls(Transport::Unix, SdsApi::DeltaGrpc, "httpbin-credential");
 }
 
 /// A bad key never reaches Envoy: the last good certificate keeps serving, Envoy never NACKs,
@@ -457,51 +464,16 @@ fn server_restart_unix_delta() {
     server_restart(Transport::Unix, SdsApi::DeltaGrpc);
 }
 
-/// Istio 1.26+ external SDS: a gateway's `credentialName: sds://httpbin-credential` makes
-/// Envoy ask for `sds://httpbin-credential` and, for mutual TLS,
-/// `sds://httpbin-credential-cacert`; both are served from the credential's files.
-fn istio_external_sds_names(transport: Transport, api: SdsApi) {
-    let server = Server::start(transport);
-    let ca = Ca::new("example.com");
-    let clients = Ca::new("clients.example.com");
-    server.write(
-        "httpbin-credential",
-        &leaf(&ca, HTTPBIN),
-        Some(clients.cert_pem()),
-    );
-    server.wait_for("credential and its -cacert", |s| {
-        s.get("httpbin-credential-cacert").is_some() && s.get("httpbin-credential").is_some()
-    });
-    let (_envoy, port) = server.envoy(
-        api,
-        vec![FilterChain::new("sds://httpbin-credential", &[HTTPBIN]).mutual()],
-    );
-    let server_ca = server.file("example.com.crt", ca.cert_pem());
-    assert!(
-        !get(HTTPBIN, port, &server_ca).success(),
-        "a client without a certificate got in"
-    );
-    let client = clients.issue(
-        &["client.example.com"],
-        KeyKind::EcP256Pkcs8,
-        Validity::current(),
-    );
-    let (cert, key) = (
-        server.file("client.crt", &client.chain_pem),
-        server.file("client.key", &client.key_pem),
-    );
-    assert_served(
-        &curl_https(HTTPBIN, port, &server_ca, Some((&cert, &key))),
-        HTTPBIN,
-    );
-}
-
 #[test]
 fn istio_external_sds_names_tcp_sotw() {
-    istio_external_sds_names(Transport::Tcp, SdsApi::Grpc);
+    mutual_tls(Transport::Tcp, SdsApi::Grpc, "sds://httpbin-credential");
 }
 
 #[test]
 fn istio_external_sds_names_unix_delta() {
-    istio_external_sds_names(Transport::Unix, SdsApi::DeltaGrpc);
+    mutual_tls(
+        Transport::Unix,
+        SdsApi::DeltaGrpc,
+        "sds://httpbin-credential",
+    );
 }

@@ -18,9 +18,11 @@ use std::{
 
 use base64::Engine as _;
 use futures_util::stream;
-use parking_lot::Mutex;
 use sds_core::{CertifiedKey, Error, Input, Secret, SecretName, TrustBundle, UnixTime, Update};
-use sds_test_util::certs::{Ca, KeyKind, Leaf, Validity};
+use sds_test_util::{
+    certs::{Ca, KeyKind, Leaf, Validity},
+    logs::Captured,
+};
 use tracing::Level;
 
 const NOW_SECS: u64 = 2_000_000_000; // 2033-05-18
@@ -349,29 +351,8 @@ fn captured<T>(level: Level, f: impl FnOnce() -> T) -> (T, String) {
         .with_max_level(level)
         .finish();
     let out = tracing::subscriber::with_default(subscriber, f);
-    let log = String::from_utf8_lossy(&captured.0.lock()).into_owned();
+    let log = captured.text();
     (out, log)
-}
-
-/// A `tracing` writer that keeps everything in memory.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Captured {
-        self.clone()
-    }
 }
 
 #[test]

@@ -158,6 +158,7 @@ impl<P: Protocol, I: Inbound<P::Request>> Pump<P, I> {
                     .counters
                     .responses
                     .fetch_add(1, Ordering::Relaxed);
+                tracing::trace!(node = %self.node, names = %self.session.names(), "response");
                 return Some(Ok(response));
             }
         }

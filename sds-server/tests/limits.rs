@@ -1,9 +1,8 @@
 //! What one client may cost: per-stream and server-wide limits, requests we cannot read, the
 //! bounds of what is logged and echoed, and connections that never start HTTP/2.
 
-use std::{io::Write as _, net::SocketAddr, sync::Arc, time::Duration};
+use std::{io::Write as _, net::SocketAddr, time::Duration};
 
-use parking_lot::Mutex;
 use sds_proto::envoy::{
     config::core::v3::Node,
     service::{
@@ -12,6 +11,7 @@ use sds_proto::envoy::{
     },
 };
 use sds_server::{Limits, SdsService, connections};
+use sds_test_util::logs::Captured;
 use tokio::{io::AsyncReadExt as _, sync::mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, transport::Channel};
@@ -254,32 +254,6 @@ async fn fetch_validates_names_as_streams_do_and_bounds_its_answers() {
         .await
         .expect_err("too long");
     assert!(err.message().len() < 1024, "{} bytes", err.message().len());
-}
-
-/// A `tracing` writer that keeps everything in memory.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock()).into_owned()
-    }
-}
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().write(buf)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Captured {
-        self.clone()
-    }
 }
 
 // Single-threaded: the server runs on the test's thread, so the thread-local subscriber sees

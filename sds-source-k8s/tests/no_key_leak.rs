@@ -18,11 +18,13 @@ use std::{
 };
 
 use base64::Engine as _;
-use parking_lot::Mutex;
 use sds_core::{Reader, Snapshot};
 use sds_source_k8s::{K8sSource, Scope};
 use sds_test_apiserver::{Access, ApiServer, Secret as KubeSecret};
-use sds_test_util::certs::{Ca, KeyKind, Leaf, Validity};
+use sds_test_util::{
+    certs::{Ca, KeyKind, Leaf, Validity},
+    logs::Captured,
+};
 use tokio::time::timeout;
 use tracing::Level;
 use tracing_subscriber::{Layer as _, layer::SubscriberExt as _};
@@ -49,27 +51,6 @@ const KINDS: [KeyKind; 4] = [
 ];
 
 // === capture ===
-
-/// Everything logged in the process, at the level of the current round.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Captured {
-        self.clone()
-    }
-}
 
 /// The index in [`LEVELS`] of the current round's level.
 static LEVEL: AtomicUsize = AtomicUsize::new(0);
@@ -253,7 +234,7 @@ async fn one_line_keys_in_secrets_never_reach_the_log() {
     let keys = KeyBytes::of(leaves.iter().map(|l| l.key_pem.as_str()));
 
     for (index, level) in LEVELS.iter().enumerate() {
-        captured.0.lock().clear();
+        captured.clear();
         LEVEL.store(index, Ordering::SeqCst);
         let texts = round(&leaves).await;
         for text in &texts {
@@ -268,7 +249,7 @@ async fn one_line_keys_in_secrets_never_reach_the_log() {
 
         // Let the aborted tasks finish logging before the log is read.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let log = String::from_utf8_lossy(&captured.0.lock()).into_owned();
+        let log = captured.text();
         keys.assert_absent(&format!("the log at {level}"), &log);
         if *level >= Level::WARN {
             assert!(log.contains("rejected"), "at {level}:\n{log}");

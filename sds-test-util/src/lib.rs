@@ -9,3 +9,4 @@
 pub mod certs;
 pub mod envoy;
 pub mod envoy_node;
+pub mod logs;
