@@ -73,7 +73,13 @@ pub(crate) async fn serve(
     let snapshot = reader.ready().await?;
     tracing::info!(
         secrets = snapshot.len(),
-        names = %snapshot.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "),
+        // The first few: a gateway may have thousands.
+        names = %snapshot
+            .iter()
+            .take(10)
+            .map(|(n, _)| sds::core::Untrusted::new(n.as_str(), 128).to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
         "serving"
     );
     let sds = SdsService::new(reader);

@@ -99,6 +99,8 @@ where
         backoff: None,
         delay: FIRST_BACKOFF,
         at_capacity: false,
+        exhausted_log: EpisodeLog::default(),
+        capacity_log: EpisodeLog::default(),
     }
 }
 
@@ -116,8 +118,37 @@ pub struct Guard<S> {
     /// Pausing after an accept failed for lack of resources.
     backoff: Option<Pin<Box<Sleep>>>,
     delay: Duration,
-    /// Whether the last wait for a slot was logged and not yet resolved.
+    /// Whether the last wait for a slot is not yet resolved.
     at_capacity: bool,
+    /// When running out of descriptors, and reaching `max_connections`, were last logged.
+    exhausted_log: EpisodeLog,
+    capacity_log: EpisodeLog,
+}
+
+/// Logs an episode at most once per [`EPISODE_LOG_INTERVAL`], counting the others.
+#[derive(Debug, Default)]
+struct EpisodeLog {
+    last: Option<std::time::Instant>,
+    unlogged: u64,
+}
+
+/// How often a kind of accept trouble is logged at most.
+const EPISODE_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+impl EpisodeLog {
+    /// `Some(episodes not logged since the last line)` if this one is to be logged.
+    fn due(&mut self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < EPISODE_LOG_INTERVAL)
+        {
+            self.unlogged += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
+    }
 }
 
 impl<S> fmt::Debug for Guard<S> {
@@ -154,11 +185,14 @@ where
                     Err(_) => {
                         if !this.at_capacity {
                             this.at_capacity = true;
-                            tracing::warn!(
-                                max = this.limits.max_connections,
-                                "at the limit of open connections; new ones wait until one \
-                                 closes"
-                            );
+                            if let Some(episodes) = this.capacity_log.due() {
+                                tracing::warn!(
+                                    max = this.limits.max_connections,
+                                    episodes_since_last = episodes,
+                                    "at the limit of open connections; new ones wait until \
+                                     one closes"
+                                );
+                            }
                         }
                         let acquiring = this.acquiring.get_or_insert_with(|| {
                             Box::pin(Arc::clone(&this.permits).acquire_owned())
@@ -177,7 +211,7 @@ where
                 None => return Poll::Ready(None),
                 Some(Ok(io)) => {
                     if this.delay > FIRST_BACKOFF {
-                        tracing::info!("accepting connections again");
+                        tracing::debug!("accepting connections again");
                         this.delay = FIRST_BACKOFF;
                     }
                     if this.at_capacity && this.permits.available_permits() > 0 {
@@ -198,10 +232,13 @@ where
                     })));
                 }
                 Some(Err(error)) if out_of_resources(&error) => {
-                    if this.delay == FIRST_BACKOFF {
-                        // Once per episode: every retry would flood the log.
+                    if this.delay == FIRST_BACKOFF
+                        && let Some(episodes) = this.exhausted_log.due()
+                    {
+                        // Once per episode, and at most once a minute: a client that closes
+                        // and opens connections at the limit starts episodes at will.
                         tracing::warn!(
-                            %error,
+                            %error, episodes_since_last = episodes,
                             "cannot accept connections: out of file descriptors or socket \
                              memory; retrying with backoff (raise `ulimit -n`?)"
                         );

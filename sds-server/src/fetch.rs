@@ -15,6 +15,7 @@ use sds_proto::{
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
+    framing::bounded,
     service::Inner,
     session::{check_type, parse_names, source_name},
     status,
@@ -53,6 +54,15 @@ impl SecretDiscoveryService for Fetch {
     }
 
     async fn fetch_secrets(
+        &self,
+        request: Request<DiscoveryRequest>,
+    ) -> Result<Response<DiscoveryResponse>, Status> {
+        self.fetch(request).map_err(bounded)
+    }
+}
+
+impl Fetch {
+    fn fetch(
         &self,
         request: Request<DiscoveryRequest>,
     ) -> Result<Response<DiscoveryResponse>, Status> {

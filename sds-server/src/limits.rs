@@ -28,6 +28,10 @@ pub struct Limits {
     /// Default 10,000. Counted for connections accepted through
     /// [`connections::guard`](crate::connections::guard) (TCP and Unix sockets).
     pub names_per_connection: usize,
+    /// Most bytes of names held by the streams of one connection. Default 1 MiB: it takes 32
+    /// connections to fill [`Limits::name_bytes_total`]. Counted as
+    /// [`Limits::names_per_connection`] is.
+    pub name_bytes_per_connection: usize,
     /// Most bytes of partly received requests one connection may make the server hold.
     /// Default 4 MiB: Envoy's requests keep a few hundred bytes each. Counted as
     /// [`Limits::names_per_connection`] is.
@@ -47,6 +51,7 @@ impl Default for Limits {
             names_per_stream: 100,
             name_bytes_per_stream: 16 * 1024,
             names_per_connection: 10_000,
+            name_bytes_per_connection: 1024 * 1024,
             pending_bytes_per_connection: 4 * 1024 * 1024,
             names_total: 200_000,
             name_bytes_total: 32 * 1024 * 1024,
@@ -133,22 +138,27 @@ impl Budget {
 #[derive(Debug, Default)]
 pub(crate) struct ConnectionBudget {
     names: AtomicUsize,
+    name_bytes: AtomicUsize,
     pending: AtomicUsize,
 }
 
 impl ConnectionBudget {
-    /// Takes one subscription, or says it would exceed `max`.
-    pub(crate) fn take_name(&self, max: usize) -> Result<(), Exceeded> {
-        if take(&self.names, 1, max) {
-            Ok(())
-        } else {
-            Err(Exceeded::ConnectionNames(max))
+    /// Takes one subscription of a name of `len` bytes, or says which limit it would exceed.
+    pub(crate) fn take_name(&self, len: usize, limits: &Limits) -> Result<(), Exceeded> {
+        if !take(&self.names, 1, limits.names_per_connection) {
+            return Err(Exceeded::ConnectionNames(limits.names_per_connection));
         }
+        if !take(&self.name_bytes, len, limits.name_bytes_per_connection) {
+            self.names.fetch_sub(1, Ordering::Relaxed);
+            return Err(Exceeded::ConnectionBytes(limits.name_bytes_per_connection));
+        }
+        Ok(())
     }
 
-    /// Gives back one subscription.
-    pub(crate) fn give_back_name(&self) {
+    /// Gives back one subscription of a name of `len` bytes.
+    pub(crate) fn give_back_name(&self, len: usize) {
         self.names.fetch_sub(1, Ordering::Relaxed);
+        self.name_bytes.fetch_sub(len, Ordering::Relaxed);
     }
 
     /// Takes `n` bytes of a partly received request, or returns false past `max`.
@@ -168,4 +178,5 @@ pub(crate) enum Exceeded {
     Names(usize),
     Bytes(usize),
     ConnectionNames(usize),
+    ConnectionBytes(usize),
 }

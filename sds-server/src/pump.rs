@@ -374,12 +374,12 @@ impl Subscriptions for Watches {
                 let limits = &self.inner.limits;
                 if let Some(connection) = &self.connection {
                     connection
-                        .take_name(limits.names_per_connection)
+                        .take_name(len, limits)
                         .map_err(Refusal::ServerFull)?;
                 }
                 if let Err(exceeded) = self.inner.budget.take(len, limits) {
                     if let Some(connection) = &self.connection {
-                        connection.give_back_name();
+                        connection.give_back_name(len);
                     }
                     return Err(Refusal::ServerFull(exceeded));
                 }
@@ -400,7 +400,7 @@ impl Watches {
     fn give_back(&self, name: &SecretName) {
         self.inner.budget.give_back(name.as_str().len());
         if let Some(connection) = &self.connection {
-            connection.give_back_name();
+            connection.give_back_name(name.as_str().len());
         }
     }
 }

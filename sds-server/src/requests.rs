@@ -201,7 +201,8 @@ impl Pending {
         }
     }
 
-    fn take(&mut self, n: usize) -> Result<(), Status> {
+    /// Takes `n` more bytes, or refuses the request with `RESOURCE_EXHAUSTED`.
+    pub(crate) fn take(&mut self, n: usize) -> Result<(), Status> {
         if !self.budget.take_pending(n, self.max) {
             return Err(Status::resource_exhausted(format!(
                 "this connection's partly received requests hold {} bytes, its limit",
@@ -556,7 +557,12 @@ fn parse_header(buf: &[u8]) -> Result<Option<Header>, Status> {
         2 => match varint(rest) {
             None => None,
             Some((len, n)) => Some(header(
-                usize::try_from(len).map_err(|_| malformed("invalid length"))?,
+                // Nothing in a request is longer than the request: this also keeps every sum
+                // of lengths below from overflowing.
+                usize::try_from(len)
+                    .ok()
+                    .filter(|&len| len <= MAX_REQUEST)
+                    .ok_or_else(|| malformed("a field runs past the end of its message"))?,
                 n,
             )),
         },

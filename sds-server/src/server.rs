@@ -5,6 +5,7 @@
 use std::{
     convert::Infallible,
     fmt,
+    pin::Pin,
     sync::Arc,
     task::{Context, Poll},
 };
@@ -53,8 +54,8 @@ impl SdsService {
     pub fn into_server(self) -> SecretDiscoveryServer {
         let inner = self.inner;
         // FetchSecrets goes through tonic's codec, which holds a whole request: as much as a
-        // stream may keep, plus room for a client's `Node`.
-        let max_fetch = inner.limits.max_kept_per_request() + 256 * 1024;
+        // stream may keep, plus room for a client's `Node` (Envoy's is about 61 KB).
+        let max_fetch = inner.limits.max_kept_per_request() + 64 * 1024;
         let fetch = SecretDiscoveryServiceServer::new(Fetch {
             inner: Arc::clone(&inner),
         })
@@ -91,12 +92,86 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if let Err(status) = identity_encoding(&request) {
+            return Box::pin(std::future::ready(Ok(status.into_http())));
+        }
         let response = match request.uri().path() {
             STREAM_SECRETS => streaming::<Sotw, _>(&self.inner, request),
             DELTA_SECRETS => streaming::<Delta, _>(&self.inner, request),
-            _ => return self.fetch.call(request),
+            // tonic's codec holds a fetch request whole until it is complete: its bytes count
+            // against the connection's budget for partly received requests, as a stream's do.
+            _ => {
+                let pending = connections::budget(request.extensions()).map(|budget| {
+                    Pending::new(budget, self.inner.limits.pending_bytes_per_connection)
+                });
+                let request = request.map(|body| Budgeted {
+                    body: Box::pin(body),
+                    pending,
+                });
+                return self.fetch.call(request);
+            }
         };
         Box::pin(std::future::ready(Ok(response)))
+    }
+}
+
+/// `UNIMPLEMENTED` for a compressed request (whose `grpc-encoding` is shown escaped and cut
+/// short; tonic's own answer would echo it whole).
+fn identity_encoding<B>(request: &http::Request<B>) -> Result<(), Status> {
+    match request
+        .headers()
+        .get("grpc-encoding")
+        .filter(|e| e.as_bytes() != b"identity")
+    {
+        None => Ok(()),
+        Some(encoding) => {
+            let encoding = Untrusted::lossy(encoding.as_bytes(), SHOWN_CHARS);
+            Err(Status::unimplemented(format!(
+                "requests compressed with \"{encoding}\" are not supported"
+            )))
+        }
+    }
+}
+
+/// A request body whose bytes are counted against a connection's budget until it is dropped.
+struct Budgeted<B> {
+    body: Pin<Box<B>>,
+    pending: Option<Pending>,
+}
+
+impl<B> http_body::Body for Budgeted<B>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<StdError>,
+{
+    type Data = Bytes;
+    type Error = StdError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, StdError>>> {
+        let frame = match self.body.as_mut().poll_frame(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Ok(frame))) => frame,
+        };
+        let len = frame.data_ref().map_or(0, Bytes::len);
+        if let Some(pending) = self.pending.as_mut()
+            && let Err(status) = pending.take(len)
+        {
+            return Poll::Ready(Some(Err(Box::new(status))));
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -110,17 +185,6 @@ where
 {
     if let Err(status) = inner.refuse_when_shutting_down() {
         return status.into_http();
-    }
-    if let Some(encoding) = request
-        .headers()
-        .get("grpc-encoding")
-        .filter(|e| e.as_bytes() != b"identity")
-    {
-        let encoding = Untrusted::lossy(encoding.as_bytes(), SHOWN_CHARS);
-        return Status::unimplemented(format!(
-            "requests compressed with \"{encoding}\" are not supported"
-        ))
-        .into_http();
     }
     let connection = connections::budget(request.extensions());
     let pending = connection

@@ -467,9 +467,12 @@ fn describe(carried: &Carried) -> String {
     let mut out = carried
         .first
         .iter()
-        .map(|(n, v)| match v {
-            Some(v) => format!("{n}@{v}"),
-            None => format!("-{n}"),
+        .map(|(n, v)| {
+            let n = Untrusted::new(n.as_str(), SHOWN_CHARS);
+            match v {
+                Some(v) => format!("{n}@{v}"),
+                None => format!("-{n}"),
+            }
         })
         .collect::<Vec<_>>()
         .join(",");

@@ -1,11 +1,14 @@
 //! What a client is told when it is refused: the one mapping from the protocol's refusals to
 //! gRPC statuses, and how client-supplied names are shown in text.
 
-use sds_core::SecretName;
+use sds_core::{SecretName, Untrusted};
 use sds_proto::SECRET_TYPE_URL;
 use tonic::Status;
 
-use crate::{limits::Exceeded, session::Refusal};
+use crate::{
+    limits::Exceeded,
+    session::{Refusal, SHOWN_CHARS},
+};
 
 /// Most names listed in a log line or an error; the others are counted.
 const MAX_NAMES_SHOWN: usize = 10;
@@ -36,6 +39,9 @@ pub(crate) fn refusal(refusal: Refusal) -> Status {
         Refusal::ServerFull(Exceeded::ConnectionNames(max)) => Status::resource_exhausted(format!(
             "this connection's streams hold their limit of {max} subscriptions"
         )),
+        Refusal::ServerFull(Exceeded::ConnectionBytes(max)) => Status::resource_exhausted(format!(
+            "this connection's streams hold their limit of {max} bytes of names"
+        )),
     }
 }
 
@@ -44,8 +50,9 @@ pub(crate) fn shutting_down() -> Status {
     Status::unavailable("the SDS server is shutting down; reconnect")
 }
 
-/// Validated names for a log line or an error: the first [`MAX_NAMES_SHOWN`], then how many
-/// more.
+/// Names for a log line or an error: the first [`MAX_NAMES_SHOWN`], each escaped and cut
+/// short (a valid name is printable ASCII, but may be 1 KiB long and hold quotes), then how
+/// many more.
 pub(crate) fn shown_names<'a>(names: impl Iterator<Item = &'a SecretName>) -> String {
     let mut out = String::new();
     let mut more = 0usize;
@@ -57,7 +64,7 @@ pub(crate) fn shown_names<'a>(names: impl Iterator<Item = &'a SecretName>) -> St
         if i > 0 {
             out.push_str(", ");
         }
-        out.push_str(name.as_str());
+        out.push_str(&Untrusted::new(name.as_str(), SHOWN_CHARS).to_string());
     }
     if more > 0 {
         out.push_str(&format!(" and {more} more"));

@@ -510,3 +510,57 @@ async fn refusals_on_many_streams_are_logged_a_few_times_a_second() {
     );
     assert_eq!(h.sds.stats().refused, 300);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_answers_are_bounded_and_its_requests_count_against_the_connection() {
+    let mut h = start(
+        limits(|l| l.pending_bytes_per_connection = 20_000),
+        Default::default(),
+    )
+    .await;
+    // A long `grpc-encoding` is not echoed whole (tonic's own answer would).
+    let mut client = support::raw_client(h.addr).await;
+    let request = http::Request::post(format!(
+        "http://{}/envoy.service.secret.v3.SecretDiscoveryService/FetchSecrets",
+        h.addr
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .header("grpc-encoding", "x".repeat(15_000))
+    .body(())
+    .expect("request");
+    let (response, mut send) = client.send_request(request, false).expect("send");
+    send.send_data(bytes::Bytes::from(framed(0, 0, b"")), true)
+        .expect("data");
+    let (status, message) = support::grpc_status(response).await;
+    assert_eq!(status, "12", "{message}");
+    assert!(message.len() < 1024, "{} bytes", message.len());
+
+    // Long missing names are shown cut short.
+    let long: Vec<String> = (0..10)
+        .map(|i| format!("{i}{}", "\"".repeat(1000)))
+        .collect();
+    let names: Vec<&str> = long.iter().map(String::as_str).collect();
+    let err = h
+        .client
+        .fetch_secrets(request_for(&names))
+        .await
+        .expect_err("not found");
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(err.message().len() <= 1024, "{} bytes", err.message().len());
+
+    // A half-sent fetch holds the connection's budget for partly received requests.
+    let first = support::raw_call(
+        &mut client,
+        h.addr,
+        "/envoy.service.secret.v3.SecretDiscoveryService/FetchSecrets",
+        framed(0, 100_000, &[0u8; 30_000]),
+        false,
+    );
+    let (status, message) = support::grpc_status(first.0).await;
+    assert_eq!(status, "8", "{message}");
+}
+
+fn request_for(names: &[&str]) -> DiscoveryRequest {
+    request(names, "fetch")
+}

@@ -242,3 +242,15 @@ fn a_request_keeping_more_than_the_limit_is_refused() {
         1000
     );
 }
+
+#[test]
+fn lengths_beyond_the_request_are_refused_without_overflow() {
+    // resource_names with a length of 2^64 - 1.
+    let mut b = vec![0x1a];
+    encode_varint(u64::MAX, &mut b);
+    let wire = framed(&[&b]);
+    for size in [1, wire.len()] {
+        let refused = first_with_limit(&wire, size, 1024).expect_err("refused");
+        assert_eq!(refused.code(), tonic::Code::Internal);
+    }
+}
