@@ -20,7 +20,8 @@ use x509_parser::{
 use zeroize::Zeroizing;
 
 use crate::{
-    CertifiedKey, Error, KeyFormat, PrivateKey, SecretName, TrustBundle, Untrusted, Version,
+    CertifiedKey, Error, ErrorKind, KeyFormat, PrivateKey, SecretName, TrustBundle, Untrusted,
+    Version,
     error::ParseError,
     pem::{self, Block},
     x509,
@@ -38,7 +39,7 @@ const RING_MAX_RSA_BITS: u32 = 4096;
 /// Why a key that is neither loadable nor recognisable as RSA cannot be used.
 const NOT_LOADABLE: &str = "not a well-formed RSA, ECDSA P-256/P-384 or Ed25519 private key";
 
-/// What [`Error::MissingPemBlock`] says a key input should hold.
+/// What [`ErrorKind::MissingPemBlock`] says a key input should hold.
 const KEY_LABELS: &str = "PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY";
 
 /// Most characters of a location an error shows (escaped, see [`Untrusted`]).
@@ -104,6 +105,11 @@ impl<'a> Origin<'a> {
     /// The location as errors show it: escaped and cut short.
     pub(crate) fn location(&self) -> String {
         Untrusted::new(self.location, MAX_LOCATION_CHARS).to_string()
+    }
+
+    /// The error that `kind` is wrong with this input.
+    pub(crate) fn error(&self, kind: ErrorKind) -> Error {
+        Error::input(self.credential(), self.location(), kind)
     }
 }
 
@@ -312,12 +318,8 @@ fn parse_certificates<'a>(
     ders.iter()
         .zip(1..)
         .map(|(der, position)| {
-            x509::parse_certificate(der).map_err(|source| Error::InvalidCertificate {
-                credential: origin.credential(),
-                location: origin.location(),
-                position,
-                source,
-            })
+            x509::parse_certificate(der)
+                .map_err(|source| origin.error(ErrorKind::InvalidCertificate { position, source }))
         })
         .collect()
 }
@@ -356,23 +358,17 @@ fn check_crls(
     now: UnixTime,
 ) -> Result<(), Error> {
     for (der, position) in crls.iter().zip(1..) {
-        let crl = x509::parse_crl(der).map_err(|source| Error::InvalidCrl {
-            credential: origin.credential(),
-            location: origin.location(),
-            position,
-            source,
-        })?;
+        let crl = x509::parse_crl(der)
+            .map_err(|source| origin.error(ErrorKind::InvalidCrl { position, source }))?;
         if let Some(next) = crl.next_update().map(x509::unix_time)
             && now > next
         {
-            return Err(Error::CrlExpired {
-                credential: origin.credential(),
-                location: origin.location(),
+            return Err(origin.error(ErrorKind::CrlExpired {
                 position,
                 issuer: Untrusted::new(&crl.issuer().to_string(), MAX_NAME_CHARS).to_string(),
                 next_update: next,
                 now,
-            });
+            }));
         }
     }
     Ok(())
@@ -462,11 +458,7 @@ fn read_private_key(origin: Origin<'_>, bytes: &[u8]) -> Result<KeyDer, Error> {
         [block] => block,
         [] => return Err(pem::missing(origin, KEY_LABELS, &blocks, bytes)),
         _ => {
-            return Err(Error::MultipleKeys {
-                credential: origin.credential(),
-                location: origin.location(),
-                count: keys.len(),
-            });
+            return Err(origin.error(ErrorKind::MultipleKeys { count: keys.len() }));
         }
     };
     let encryption = if block.label == pem::ENCRYPTED_KEY {
@@ -477,11 +469,7 @@ fn read_private_key(origin: Origin<'_>, bytes: &[u8]) -> Result<KeyDer, Error> {
         None
     };
     if let Some(encryption) = encryption {
-        return Err(Error::EncryptedKey {
-            credential: origin.credential(),
-            location: origin.location(),
-            encryption,
-        });
+        return Err(origin.error(ErrorKind::EncryptedKey { encryption }));
     }
     if ![pem::PKCS8_KEY, pem::PKCS1_KEY, pem::SEC1_KEY].contains(&block.label) {
         return Err(pem::missing(origin, KEY_LABELS, &blocks, bytes));
@@ -501,16 +489,16 @@ fn check_key_matches(
     key: &KeyDer,
     leaf: &SubjectPublicKeyInfo<'_>,
 ) -> Result<(), Error> {
-    let mismatch = || Error::KeyMismatch {
-        credential: origin.credential(),
-        location: origin.location(),
-        chain_location: Origin::new(origin.credential, chain_location).location(),
+    let mismatch = || {
+        origin.error(ErrorKind::KeyMismatch {
+            chain_location: Origin::new(origin.credential, chain_location).location(),
+        })
     };
-    let invalid = |source| Error::InvalidKey {
-        credential: origin.credential(),
-        location: origin.location(),
-        format: key.format,
-        source,
+    let invalid = |source| {
+        origin.error(ErrorKind::InvalidKey {
+            format: key.format,
+            source,
+        })
     };
 
     match any_supported_type(&key.as_private_key_der()) {

@@ -9,10 +9,17 @@ use crate::{KeyFormat, SecretName};
 /// Everything that can go wrong in `sds-core`: a name that is not a valid resource name, or a
 /// credential input that cannot be served.
 ///
-/// Every credential variant names the credential, where the input came from (`location`, as
-/// given in [`Input`](crate::Input), escaped and cut short like [`Untrusted`](crate::Untrusted))
-/// and what is wrong with it. Certificate positions count from 1, the leaf, in the order of the
-/// input.
+/// A credential error is layered like `rustls::Error::InvalidCertificate(CertificateError)`:
+/// the context (which credential, where the input came from) is held once in a
+/// [`CredentialError`], and an [`ErrorKind`] says what is wrong. Match on the kind with
+/// [`Error::kind`]:
+///
+/// ```
+/// # use sds_core::{Error, ErrorKind};
+/// fn is_expired(err: &Error) -> bool {
+///     matches!(err.kind(), Some(ErrorKind::Expired { .. }))
+/// }
+/// ```
 ///
 /// No message, `Debug` output or [`source`](std::error::Error::source) ever contains bytes from
 /// inside a PEM block or from a key input, however mangled the input is: problems are told by
@@ -31,33 +38,47 @@ pub enum Error {
         problem: &'static str,
     },
 
+    /// A credential input that cannot be served: which credential, where, and what is wrong.
+    #[error(transparent)]
+    Credential(Box<CredentialError>),
+}
+
+/// A credential input that cannot be served: the context, once, and the [`ErrorKind`].
+///
+/// Displays as ``credential `<name>`: <location>: <what is wrong>``, or without the location
+/// when the problem is not at one input (a missing half of a pair). Its
+/// [`source`](std::error::Error::source) is the kind's source (a [`ParseError`] or an
+/// [`std::io::Error`]), so a chain never repeats the kind's message.
+#[derive(Clone, Debug)]
+pub struct CredentialError {
+    credential: SecretName,
+    location: Option<String>,
+    kind: ErrorKind,
+}
+
+/// What is wrong with a credential input: the kind of a [`CredentialError`].
+///
+/// Certificate positions count from 1, the leaf, in the order of the input.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ErrorKind {
     /// The input is empty: no bytes at all, or only whitespace.
-    #[error("credential `{credential}`: {location}: input is empty")]
-    EmptyInput {
-        /// The credential the input belongs to.
-        credential: SecretName,
-        /// Where the input came from.
-        location: String,
-    },
+    #[error("input is empty")]
+    EmptyInput,
 
     /// An input could not be read (a file, a Secret's key): the source reports why.
-    #[error("credential `{credential}`: {location}: cannot read it")]
+    #[error("cannot read it")]
     Unreadable {
-        /// The credential the input belongs to.
-        credential: SecretName,
-        /// Where the input was to come from.
-        location: String,
         /// Why it could not be read.
         #[source]
         source: Arc<std::io::Error>,
     },
 
     /// One half of a pair is present without the other: a chain without its key, a key
-    /// without its chain, a CRL without a CA.
-    #[error("credential `{credential}`: found {found} but no {missing}")]
+    /// without its chain, a CRL without a CA. Such an error has no
+    /// [`location`](CredentialError::location): `found` says where the present half is.
+    #[error("found {found} but no {missing}")]
     MissingInput {
-        /// The credential the input belongs to.
-        credential: SecretName,
         /// The input that is present, e.g. `/etc/sds/httpbin/tls.crt`.
         found: String,
         /// What is missing beside it, e.g. `tls.key`.
@@ -65,14 +86,8 @@ pub enum Error {
     },
 
     /// The input is larger than [`MAX_INPUT_LEN`](crate::MAX_INPUT_LEN).
-    #[error(
-        "credential `{credential}`: {location}: input is {len} bytes, more than the limit of {max}"
-    )]
+    #[error("input is {len} bytes, more than the limit of {max}")]
     InputTooLarge {
-        /// The credential the input belongs to.
-        credential: SecretName,
-        /// Where the input came from.
-        location: String,
         /// The input's length in bytes.
         len: usize,
         /// The limit.
@@ -80,26 +95,15 @@ pub enum Error {
     },
 
     /// The input looks like binary DER (or PKCS#12), not PEM text.
-    #[error(
-        "credential `{credential}`: {location}: input looks like binary DER, not PEM; \
-         sds needs PEM text with a {expected} block"
-    )]
+    #[error("input looks like binary DER, not PEM; sds needs PEM text with a {expected} block")]
     NotPem {
-        /// The credential the input belongs to.
-        credential: SecretName,
-        /// Where the input came from.
-        location: String,
         /// The PEM block label(s) that were expected, e.g. `CERTIFICATE`.
         expected: &'static str,
     },
 
     /// The input holds no PEM block of the expected kind.
-    #[error("credential `{credential}`: {location}: expected a {expected} block, found {}", Found(.found))]
+    #[error("expected a {expected} block, found {}", Found(.found))]
     MissingPemBlock {
-        /// The credential the input belongs to.
-        credential: SecretName,
-        /// Where the input came from.
-        location: String,
         /// The PEM block label(s) that were expected, e.g. `CERTIFICATE`.
         expected: &'static str,
         /// What was found instead (possibly nothing): each block's label if it is a
@@ -109,15 +113,8 @@ pub enum Error {
 
     /// A PEM block is malformed: no END line, a broken BEGIN line, its line breaks lost, or
     /// invalid base64.
-    #[error(
-        "credential `{credential}`: {location}: PEM block {block} ({label}) at line {line} is \
-         malformed"
-    )]
+    #[error("PEM block {block} ({label}) at line {line} is malformed")]
     MalformedPem {
-        /// The credential the input belongs to.
-        credential: SecretName,
-        /// Where the input came from.
-        location: String,
         /// Position of the block among all PEM blocks of the input, from 1.
         block: usize,
         /// The line of the block's BEGIN line, from 1.
@@ -132,38 +129,24 @@ pub enum Error {
 
     /// The private key is encrypted; sds serves keys to Envoy without a password.
     #[error(
-        "credential `{credential}`: {location}: private key is encrypted ({encryption}); \
+        "private key is encrypted ({encryption}); \
          sds needs an unencrypted PKCS#8, PKCS#1 or SEC1 key"
     )]
     EncryptedKey {
-        /// The credential the input belongs to.
-        credential: SecretName,
-        /// Where the input came from.
-        location: String,
         /// How the encryption was recognised, e.g. "`ENCRYPTED PRIVATE KEY` block".
         encryption: &'static str,
     },
 
     /// The key input holds more than one private key.
-    #[error(
-        "credential `{credential}`: {location}: holds {count} private keys, expected exactly one"
-    )]
+    #[error("holds {count} private keys, expected exactly one")]
     MultipleKeys {
-        /// The credential the input belongs to.
-        credential: SecretName,
-        /// Where the input came from.
-        location: String,
         /// How many private key blocks were found.
         count: usize,
     },
 
     /// A certificate does not parse as X.509.
-    #[error("credential `{credential}`: {location}: {} is not a valid X.509 certificate", Nth(*.position))]
+    #[error("{} is not a valid X.509 certificate", Nth(*.position))]
     InvalidCertificate {
-        /// The credential the input belongs to.
-        credential: SecretName,
-        /// Where the input came from.
-        location: String,
         /// Position of the certificate in the input, from 1.
         position: usize,
         /// What the X.509 parser found wrong.
@@ -172,12 +155,8 @@ pub enum Error {
     },
 
     /// A CRL does not parse as an X.509 certificate revocation list.
-    #[error("credential `{credential}`: {location}: CRL {position} is not a valid X.509 CRL")]
+    #[error("CRL {position} is not a valid X.509 CRL")]
     InvalidCrl {
-        /// The credential the input belongs to.
-        credential: SecretName,
-        /// Where the input came from.
-        location: String,
         /// Position of the CRL among the CRLs of the input, from 1.
         position: usize,
         /// What the X.509 parser found wrong.
@@ -186,12 +165,8 @@ pub enum Error {
     },
 
     /// The private key does not parse, or is not a usable RSA, ECDSA or Ed25519 key.
-    #[error("credential `{credential}`: {location}: {} private key cannot be loaded", format_name(*.format))]
+    #[error("{} private key cannot be loaded", format_name(*.format))]
     InvalidKey {
-        /// The credential the input belongs to.
-        credential: SecretName,
-        /// Where the input came from.
-        location: String,
         /// The encoding the key was given in.
         format: KeyFormat,
         /// What the key parser found wrong.
@@ -199,46 +174,27 @@ pub enum Error {
         source: ParseError,
     },
 
-    /// The leaf certificate's key is of a type or size that Envoy (or sds) cannot use.
-    #[error(
-        "credential `{credential}`: {location}: the leaf certificate has {key} key, \
-         which is not supported: {reason}"
-    )]
+    /// The leaf certificate's key is of a type or size that Envoy (or sds) cannot use. The
+    /// location is the certificate chain's.
+    #[error("the leaf certificate has {key} key, which is not supported: {reason}")]
     UnsupportedKey {
-        /// The credential the input belongs to.
-        credential: SecretName,
-        /// Where the certificate chain came from.
-        location: String,
         /// The key, described: e.g. "an RSA 1024-bit", "an ECDSA P-521".
         key: String,
         /// Why it is refused.
         reason: &'static str,
     },
 
-    /// The private key is not the key of the leaf certificate.
-    #[error(
-        "credential `{credential}`: {location}: private key does not match the leaf \
-         certificate in {chain_location}"
-    )]
+    /// The private key is not the key of the leaf certificate. The location is the private
+    /// key's.
+    #[error("private key does not match the leaf certificate in {chain_location}")]
     KeyMismatch {
-        /// The credential the input belongs to.
-        credential: SecretName,
-        /// Where the private key came from.
-        location: String,
         /// Where the certificate chain came from.
         chain_location: String,
     },
 
     /// The chain holds the same certificate twice.
-    #[error(
-        "credential `{credential}`: {location}: {} and certificate {second} are the same certificate",
-        Nth(*.first)
-    )]
+    #[error("{} and certificate {second} are the same certificate", Nth(*.first))]
     DuplicateCertificate {
-        /// The credential the input belongs to.
-        credential: SecretName,
-        /// Where the chain came from.
-        location: String,
         /// Position of the first copy, from 1.
         first: usize,
         /// Position of the second copy.
@@ -247,15 +203,11 @@ pub enum Error {
 
     /// A certificate of the chain is not followed by its issuer.
     #[error(
-        "credential `{credential}`: {location}: {} was issued by `{issuer}`, but certificate {} \
-         is `{next_subject}`; the chain must list the leaf first, then each certificate's issuer",
+        "{} was issued by `{issuer}`, but certificate {} is `{next_subject}`; the chain must \
+         list the leaf first, then each certificate's issuer",
         Nth(*.position), .position + 1
     )]
     ChainOrder {
-        /// The credential the input belongs to.
-        credential: SecretName,
-        /// Where the chain came from.
-        location: String,
         /// Position of the certificate whose successor is not its issuer, from 1.
         position: usize,
         /// That certificate's issuer.
@@ -266,14 +218,10 @@ pub enum Error {
 
     /// A certificate is not valid yet.
     #[error(
-        "credential `{credential}`: {location}: {} is not valid before {}, and it is now {}",
+        "{} is not valid before {}, and it is now {}",
         Nth(*.position), Utc(*.not_before), Utc(*.now)
     )]
     NotYetValid {
-        /// The credential the input belongs to.
-        credential: SecretName,
-        /// Where the chain came from.
-        location: String,
         /// Position of the certificate, from 1 (the leaf).
         position: usize,
         /// Start of its validity window.
@@ -284,14 +232,10 @@ pub enum Error {
 
     /// A certificate has expired.
     #[error(
-        "credential `{credential}`: {location}: {} expired at {}, and it is now {}",
+        "{} expired at {}, and it is now {}",
         Nth(*.position), Utc(*.not_after), Utc(*.now)
     )]
     Expired {
-        /// The credential the input belongs to.
-        credential: SecretName,
-        /// Where the chain came from.
-        location: String,
         /// Position of the certificate, from 1 (the leaf).
         position: usize,
         /// End of its validity window.
@@ -303,15 +247,11 @@ pub enum Error {
     /// A CRL is past its `nextUpdate`: Envoy would fail every client handshake with
     /// "CRL has expired", so it is not served.
     #[error(
-        "credential `{credential}`: {location}: CRL {} (issuer {issuer}) expired at {} (its nextUpdate); \
-         it is now {}: publish a fresh CRL",
+        "CRL {} (issuer {issuer}) expired at {} (its nextUpdate); it is now {}: publish a \
+         fresh CRL",
         Nth(*.position), Utc(*.next_update), Utc(*.now)
     )]
     CrlExpired {
-        /// The credential the input belongs to.
-        credential: SecretName,
-        /// Where the CRL came from.
-        location: String,
         /// Position of the CRL in its input, from 1.
         position: usize,
         /// The CRL's issuer.
@@ -326,6 +266,65 @@ pub enum Error {
 // === impl Error ===
 
 impl Error {
+    /// A credential error: `kind` is wrong with the input of `credential` found at `location`
+    /// (as given in [`Input`](crate::Input), escaped and cut short like
+    /// [`Untrusted`](crate::Untrusted)).
+    pub fn input(credential: SecretName, location: impl Into<String>, kind: ErrorKind) -> Self {
+        CredentialError {
+            credential,
+            location: Some(location.into()),
+            kind,
+        }
+        .into()
+    }
+
+    /// A credential error for one half of a pair found (at `found`) without the other
+    /// (`missing`): an [`ErrorKind::MissingInput`] with no location.
+    pub fn missing_input(
+        credential: SecretName,
+        found: impl Into<String>,
+        missing: impl Into<String>,
+    ) -> Self {
+        CredentialError {
+            credential,
+            location: None,
+            kind: ErrorKind::MissingInput {
+                found: found.into(),
+                missing: missing.into(),
+            },
+        }
+        .into()
+    }
+
+    /// The credential part of this error, if it is about a credential's input.
+    pub fn as_credential(&self) -> Option<&CredentialError> {
+        match self {
+            Error::InvalidName { .. } => None,
+            Error::Credential(e) => Some(e),
+        }
+    }
+
+    /// The credential this error is about, if it is about a credential's input.
+    pub fn credential(&self) -> Option<&SecretName> {
+        self.as_credential().map(CredentialError::credential)
+    }
+
+    /// Where the faulty input came from, if this error is about one input.
+    pub fn location(&self) -> Option<&str> {
+        self.as_credential().and_then(CredentialError::location)
+    }
+
+    /// What is wrong with the credential's input, if this error is about a credential.
+    pub fn kind(&self) -> Option<&ErrorKind> {
+        self.as_credential().map(CredentialError::kind)
+    }
+
+    /// Whether this rejection depends on the time validation ran at (a certificate not valid
+    /// yet or expired, a CRL expired): the same input may pass when validated again later.
+    pub fn depends_on_time(&self) -> bool {
+        self.kind().is_some_and(ErrorKind::depends_on_time)
+    }
+
     /// Whether `self` and `other` report the same problem, ignoring the time validation ran
     /// at (so a reload that finds the same expired certificate is not a new rejection).
     pub fn same_problem(&self, other: &Error) -> bool {
@@ -334,44 +333,84 @@ impl Error {
 
     fn without_clock(&self) -> Error {
         let mut e = self.clone();
-        match &mut e {
-            Error::NotYetValid { now, .. }
-            | Error::Expired { now, .. }
-            | Error::CrlExpired { now, .. } => *now = UnixTime::since_unix_epoch(Duration::ZERO),
-            _ => {}
+        if let Error::Credential(c) = &mut e {
+            match &mut c.kind {
+                ErrorKind::NotYetValid { now, .. }
+                | ErrorKind::Expired { now, .. }
+                | ErrorKind::CrlExpired { now, .. } => {
+                    *now = UnixTime::since_unix_epoch(Duration::ZERO);
+                }
+                _ => {}
+            }
         }
         e
     }
+}
 
-    /// The credential this error is about, if it is about a credential's input.
-    pub fn credential(&self) -> Option<&SecretName> {
-        match self {
-            Error::InvalidName { .. } => None,
-            Error::EmptyInput { credential, .. }
-            | Error::InputTooLarge { credential, .. }
-            | Error::NotPem { credential, .. }
-            | Error::MissingPemBlock { credential, .. }
-            | Error::MalformedPem { credential, .. }
-            | Error::EncryptedKey { credential, .. }
-            | Error::MultipleKeys { credential, .. }
-            | Error::InvalidCertificate { credential, .. }
-            | Error::InvalidCrl { credential, .. }
-            | Error::InvalidKey { credential, .. }
-            | Error::UnsupportedKey { credential, .. }
-            | Error::KeyMismatch { credential, .. }
-            | Error::DuplicateCertificate { credential, .. }
-            | Error::ChainOrder { credential, .. }
-            | Error::NotYetValid { credential, .. }
-            | Error::Expired { credential, .. }
-            | Error::CrlExpired { credential, .. }
-            | Error::Unreadable { credential, .. }
-            | Error::MissingInput { credential, .. } => Some(credential),
-        }
+impl From<CredentialError> for Error {
+    fn from(error: CredentialError) -> Self {
+        Error::Credential(Box::new(error))
     }
 }
 
-/// Why a parser rejected an input: the source of [`Error::MalformedPem`],
-/// [`Error::InvalidCertificate`], [`Error::InvalidCrl`] and [`Error::InvalidKey`].
+// === impl CredentialError ===
+
+impl CredentialError {
+    /// The credential the faulty input belongs to.
+    pub fn credential(&self) -> &SecretName {
+        &self.credential
+    }
+
+    /// Where the faulty input came from (a path, a Secret's key), escaped and cut short for
+    /// printing; `None` for [`ErrorKind::MissingInput`], which names the input it found.
+    pub fn location(&self) -> Option<&str> {
+        self.location.as_deref()
+    }
+
+    /// What is wrong with the input.
+    pub fn kind(&self) -> &ErrorKind {
+        &self.kind
+    }
+}
+
+impl fmt::Display for CredentialError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "credential `{}`", self.credential)?;
+        if let Some(location) = &self.location {
+            write!(f, ": {location}")?;
+        }
+        write!(f, ": {}", self.kind)
+    }
+}
+
+impl std::error::Error for CredentialError {
+    /// The kind's source: the kind's own message is already part of this error's.
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.kind)
+    }
+}
+
+// === impl ErrorKind ===
+
+impl ErrorKind {
+    /// Whether this problem depends on the time validation ran at: [`NotYetValid`],
+    /// [`Expired`] or [`CrlExpired`].
+    ///
+    /// [`NotYetValid`]: ErrorKind::NotYetValid
+    /// [`Expired`]: ErrorKind::Expired
+    /// [`CrlExpired`]: ErrorKind::CrlExpired
+    pub fn depends_on_time(&self) -> bool {
+        matches!(
+            self,
+            ErrorKind::NotYetValid { .. }
+                | ErrorKind::Expired { .. }
+                | ErrorKind::CrlExpired { .. }
+        )
+    }
+}
+
+/// Why a parser rejected an input: the source of [`ErrorKind::MalformedPem`],
+/// [`ErrorKind::InvalidCertificate`], [`ErrorKind::InvalidCrl`] and [`ErrorKind::InvalidKey`].
 ///
 /// Opaque on purpose: the parsers behind it are not part of this crate's API. Cheap to clone.
 /// Never contains bytes of the input: the parsers' own errors, which may quote it (the PEM
@@ -527,6 +566,46 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn error_is_small() {
+        assert!(std::mem::size_of::<Error>() <= 48);
+    }
+
+    #[test]
+    fn credential_errors_carry_their_context_once() {
+        let name = SecretName::new("httpbin").expect("valid");
+        let err = Error::input(
+            name.clone(),
+            "/etc/sds/httpbin/tls.key",
+            ErrorKind::InvalidKey {
+                format: KeyFormat::Pkcs8,
+                source: ParseError::key("not a key"),
+            },
+        );
+        assert_eq!(
+            err.to_string(),
+            "credential `httpbin`: /etc/sds/httpbin/tls.key: PKCS#8 private key cannot be loaded"
+        );
+        assert_eq!(err.credential(), Some(&name));
+        assert_eq!(err.location(), Some("/etc/sds/httpbin/tls.key"));
+        assert!(matches!(err.kind(), Some(ErrorKind::InvalidKey { .. })));
+        // The chain goes straight to the parser's error: the kind's message is not repeated.
+        let source = std::error::Error::source(&err).expect("has a source");
+        assert_eq!(source.to_string(), "not a key");
+        assert!(source.source().is_none());
+
+        let missing = Error::missing_input(name, "/etc/sds/httpbin/tls.crt", "tls.key");
+        assert_eq!(
+            missing.to_string(),
+            "credential `httpbin`: found /etc/sds/httpbin/tls.crt but no tls.key"
+        );
+        assert_eq!(missing.location(), None);
+        assert!(std::error::Error::source(&missing).is_none());
+
+        let invalid = SecretName::new("").expect_err("empty name");
+        assert!(invalid.credential().is_none() && invalid.kind().is_none());
+    }
 
     #[test]
     fn utc_formats_rfc3339() {

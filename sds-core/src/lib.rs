@@ -49,7 +49,7 @@ mod x509;
 
 pub use crate::{
     credential::{Input, MAX_INPUT_LEN},
-    error::{Error, ParseError},
+    error::{CredentialError, Error, ErrorKind, ParseError},
     name::{CACERT_SUFFIX, MAX_NAME_LEN, SecretName},
     publish::{Closed, Driver, Reader, SecretWatch, publish},
     secret::{

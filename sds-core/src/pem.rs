@@ -23,7 +23,7 @@ use rustls_pki_types::pem::PemObject;
 use zeroize::Zeroize as _;
 
 use crate::{
-    Error,
+    Error, ErrorKind,
     credential::{MAX_INPUT_LEN, Origin},
     error::ParseError,
 };
@@ -168,7 +168,7 @@ impl Block<'_> {
     }
 }
 
-/// The [`Error::MalformedPem`] for block `position`, whose BEGIN line is line `line`.
+/// The [`ErrorKind::MalformedPem`] for block `position`, whose BEGIN line is line `line`.
 fn malformed(
     origin: Origin<'_>,
     position: usize,
@@ -176,14 +176,12 @@ fn malformed(
     label: &[u8],
     problem: String,
 ) -> Error {
-    Error::MalformedPem {
-        credential: origin.credential(),
-        location: origin.location(),
+    origin.error(ErrorKind::MalformedPem {
         block: position,
         line,
         label: Label(label).to_string(),
         source: ParseError::pem(problem),
-    }
+    })
 }
 
 /// A label as an error may show it: itself if it is one of [`KNOWN_LABELS`], else only its
@@ -218,18 +216,13 @@ impl fmt::Display for Label<'_> {
 /// the caller knows what it expected, see [`missing`].
 pub(crate) fn blocks<'a>(origin: Origin<'_>, bytes: &'a [u8]) -> Result<Vec<Block<'a>>, Error> {
     if bytes.len() > MAX_INPUT_LEN {
-        return Err(Error::InputTooLarge {
-            credential: origin.credential(),
-            location: origin.location(),
+        return Err(origin.error(ErrorKind::InputTooLarge {
             len: bytes.len(),
             max: MAX_INPUT_LEN,
-        });
+        }));
     }
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(Error::EmptyInput {
-            credential: origin.credential(),
-            location: origin.location(),
-        });
+        return Err(origin.error(ErrorKind::EmptyInput));
     }
 
     let mut found = Vec::new();
@@ -347,11 +340,7 @@ pub(crate) fn missing(
     bytes: &[u8],
 ) -> Error {
     if blocks.is_empty() && looks_like_der(bytes) {
-        return Error::NotPem {
-            credential: origin.credential(),
-            location: origin.location(),
-            expected,
-        };
+        return origin.error(ErrorKind::NotPem { expected });
     }
     let mut found: Vec<String> = Vec::new();
     for block in blocks {
@@ -365,12 +354,7 @@ pub(crate) fn missing(
         }
         found.push(label);
     }
-    Error::MissingPemBlock {
-        credential: origin.credential(),
-        location: origin.location(),
-        expected,
-        found,
-    }
+    origin.error(ErrorKind::MissingPemBlock { expected, found })
 }
 
 /// A label found where another was expected: itself if known, else "a block with an unknown
@@ -551,7 +535,7 @@ mod tests {
             b"-----BEGIN CERTIFICATE\n",
         ] {
             assert!(
-                matches!(scan(input), Err(Error::MalformedPem { .. })),
+                matches!(scan(input), Err(e) if matches!(e.kind(), Some(ErrorKind::MalformedPem { .. }))),
                 "{}",
                 String::from_utf8_lossy(input)
             );

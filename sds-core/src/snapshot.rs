@@ -2,7 +2,7 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use crate::{Error, Secret, SecretName, Version};
+use crate::{Error, ErrorKind, Secret, SecretName, Version};
 
 /// What a [`SecretSource`](crate::SecretSource) sees at one moment: every secret whose input is
 /// valid, and every name whose input is currently invalid, with the reason.
@@ -51,8 +51,8 @@ impl Update {
     pub fn recheck_at(&self) -> Option<rustls_pki_types::UnixTime> {
         self.rejected
             .values()
-            .filter_map(|e| match e {
-                Error::NotYetValid { not_before, .. } => Some(*not_before),
+            .filter_map(|e| match e.kind() {
+                Some(ErrorKind::NotYetValid { not_before, .. }) => Some(*not_before),
                 _ => None,
             })
             .min()

@@ -22,7 +22,7 @@ use x509_parser::{
 };
 
 use crate::{
-    CertificateInfo, Error, KeyAlgorithm, Untrusted,
+    CertificateInfo, Error, ErrorKind, KeyAlgorithm, Untrusted,
     credential::{MAX_NAME_CHARS, Origin},
     error::ParseError,
 };
@@ -117,12 +117,10 @@ pub(crate) fn check_chain(
     let mut seen: HashMap<&[u8], usize> = HashMap::with_capacity(ders.len());
     for (der, position) in ders.iter().zip(1..) {
         if let Some(&first) = seen.get(der.as_ref()) {
-            return Err(Error::DuplicateCertificate {
-                credential: origin.credential(),
-                location: origin.location(),
+            return Err(origin.error(ErrorKind::DuplicateCertificate {
                 first,
                 second: position,
-            });
+            }));
         }
         seen.insert(der.as_ref(), position);
     }
@@ -130,14 +128,12 @@ pub(crate) fn check_chain(
     for (i, pair) in certs.windows(2).enumerate() {
         let [cert, next] = pair else { continue };
         if !same_name(cert.issuer(), next.subject()) {
-            return Err(Error::ChainOrder {
-                credential: origin.credential(),
-                location: origin.location(),
+            return Err(origin.error(ErrorKind::ChainOrder {
                 position: i + 1,
                 issuer: Untrusted::new(&cert.issuer().to_string(), MAX_NAME_CHARS).to_string(),
                 next_subject: Untrusted::new(&next.subject().to_string(), MAX_NAME_CHARS)
                     .to_string(),
-            });
+            }));
         }
     }
 
@@ -150,22 +146,18 @@ pub(crate) fn check_chain(
         let is_leaf = i == 0;
         let is_root = i + 1 == certs.len() && !is_leaf && same_name(cert.issuer(), cert.subject());
         if is_leaf && now < not_before {
-            return Err(Error::NotYetValid {
-                credential: origin.credential(),
-                location: origin.location(),
+            return Err(origin.error(ErrorKind::NotYetValid {
                 position: i + 1,
                 not_before,
                 now,
-            });
+            }));
         }
         if !is_root && now > not_after {
-            return Err(Error::Expired {
-                credential: origin.credential(),
-                location: origin.location(),
+            return Err(origin.error(ErrorKind::Expired {
                 position: i + 1,
                 not_after,
                 now,
-            });
+            }));
         }
     }
     Ok(())
@@ -176,17 +168,17 @@ pub(crate) fn leaf_key_algorithm(
     origin: Origin<'_>,
     spki: &SubjectPublicKeyInfo<'_>,
 ) -> Result<KeyAlgorithm, Error> {
-    let key = LeafKey::of(spki).map_err(|source| Error::InvalidCertificate {
-        credential: origin.credential(),
-        location: origin.location(),
-        position: 1,
-        source,
+    let key = LeafKey::of(spki).map_err(|source| {
+        origin.error(ErrorKind::InvalidCertificate {
+            position: 1,
+            source,
+        })
     })?;
-    policy(&key).map_err(|reason| Error::UnsupportedKey {
-        credential: origin.credential(),
-        location: origin.location(),
-        key: key.to_string(),
-        reason,
+    policy(&key).map_err(|reason| {
+        origin.error(ErrorKind::UnsupportedKey {
+            key: key.to_string(),
+            reason,
+        })
     })
 }
 

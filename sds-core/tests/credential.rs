@@ -9,7 +9,8 @@ use std::{
 use base64::Engine as _;
 use rustls_pki_types::{PrivateKeyDer, UnixTime, pem::PemObject};
 use sds_core::{
-    CertifiedKey, Error, Input, KeyAlgorithm, KeyFormat, MAX_INPUT_LEN, SecretName, TrustBundle,
+    CertifiedKey, Error, ErrorKind, Input, KeyAlgorithm, KeyFormat, MAX_INPUT_LEN, SecretName,
+    TrustBundle,
 };
 use sds_test_util::certs::{Ca, Key, KeyKind, Leaf, Validity};
 
@@ -218,7 +219,7 @@ fn rsa_keys_larger_than_ring_loads_are_compared_by_modulus() {
     let small = root.issue(&[DNS], KeyKind::RsaPkcs8(2048), Validity::around(now_sys()));
     assert!(matches!(
         load(&small.chain_pem, &leaf.key_pem),
-        Err(Error::KeyMismatch { .. })
+        Err(e) if matches!(e.kind(), Some(ErrorKind::KeyMismatch { .. }))
     ));
 }
 
@@ -236,7 +237,10 @@ fn a_key_of_another_certificate_is_refused() {
         let (_, leaf) = fixture(kind);
         let other = Key::generate(kind);
         let err = load(&leaf.chain_pem, other.pem()).expect_err("mismatched key");
-        assert!(matches!(err, Error::KeyMismatch { .. }), "{kind:?}: {err}");
+        assert!(
+            matches!(err.kind(), Some(ErrorKind::KeyMismatch { .. })),
+            "{kind:?}: {err}"
+        );
         assert_eq!(
             err.to_string(),
             format!(
@@ -251,13 +255,13 @@ fn a_key_of_another_certificate_is_refused() {
     let ec = Key::generate(KeyKind::EcP256Pkcs8);
     assert!(matches!(
         load(&rsa.chain_pem, ec.pem()),
-        Err(Error::KeyMismatch { .. })
+        Err(e) if matches!(e.kind(), Some(ErrorKind::KeyMismatch { .. }))
     ));
     let (_, ec_leaf) = fixture(KeyKind::EcP256Pkcs8);
     let p384 = Key::generate(KeyKind::EcP384Sec1);
     assert!(matches!(
         load(&ec_leaf.chain_pem, p384.pem()),
-        Err(Error::KeyMismatch { .. })
+        Err(e) if matches!(e.kind(), Some(ErrorKind::KeyMismatch { .. }))
     ));
 }
 
@@ -271,7 +275,7 @@ fn leaf_outside_its_validity_window_is_refused() {
     );
     let err = load(&expired.chain_pem, &expired.key_pem).expect_err("expired");
     assert!(
-        matches!(err, Error::Expired { position: 1, now: at, .. } if at == now()),
+        matches!(err.kind(), Some(ErrorKind::Expired { position: 1, now: at, .. }) if *at == now()),
         "{err}"
     );
     assert!(
@@ -291,7 +295,7 @@ fn leaf_outside_its_validity_window_is_refused() {
     );
     let err = load(&early.chain_pem, &early.key_pem).expect_err("not yet valid");
     assert!(
-        matches!(err, Error::NotYetValid { position: 1, .. }),
+        matches!(err.kind(), Some(ErrorKind::NotYetValid { position: 1, .. })),
         "{err}"
     );
 }
@@ -306,7 +310,10 @@ fn expired_intermediate_is_refused_but_an_expired_root_is_not() {
     );
     let leaf = stale.issue(&[DNS], KeyKind::EcP256Pkcs8, Validity::around(now_sys()));
     let err = load(&leaf.chain_pem, &leaf.key_pem).expect_err("expired intermediate");
-    assert!(matches!(err, Error::Expired { position: 2, .. }), "{err}");
+    assert!(
+        matches!(err.kind(), Some(ErrorKind::Expired { position: 2, .. })),
+        "{err}"
+    );
 
     let old_root = Ca::root(
         "Old Root",
@@ -329,7 +336,7 @@ fn chain_out_of_order_or_with_duplicates_is_refused() {
     let reversed = format!("{intermediate}{}", leaf.cert_pem);
     let err = load(&reversed, &leaf.key_pem).expect_err("reversed");
     assert!(
-        matches!(err, Error::ChainOrder { position: 1, .. }),
+        matches!(err.kind(), Some(ErrorKind::ChainOrder { position: 1, .. })),
         "{err}"
     );
     assert!(
@@ -343,7 +350,7 @@ fn chain_out_of_order_or_with_duplicates_is_refused() {
     let root_in_middle = format!("{}{}{intermediate}", leaf.cert_pem, root.cert_pem());
     let err = load(&root_in_middle, &leaf.key_pem).expect_err("root in the middle");
     assert!(
-        matches!(err, Error::ChainOrder { position: 1, .. }),
+        matches!(err.kind(), Some(ErrorKind::ChainOrder { position: 1, .. })),
         "{err}"
     );
 
@@ -351,7 +358,7 @@ fn chain_out_of_order_or_with_duplicates_is_refused() {
     let wrong_root = format!("{}{}", leaf.chain_pem, stranger.cert_pem());
     let err = load(&wrong_root, &leaf.key_pem).expect_err("another root at the end");
     assert!(
-        matches!(err, Error::ChainOrder { position: 2, .. }),
+        matches!(err.kind(), Some(ErrorKind::ChainOrder { position: 2, .. })),
         "{err}"
     );
 
@@ -359,12 +366,12 @@ fn chain_out_of_order_or_with_duplicates_is_refused() {
     let err = load(&twice, &leaf.key_pem).expect_err("duplicate");
     assert!(
         matches!(
-            err,
-            Error::DuplicateCertificate {
+            err.kind(),
+            Some(ErrorKind::DuplicateCertificate {
                 first: 2,
                 second: 3,
                 ..
-            }
+            })
         ),
         "{err}"
     );
@@ -380,7 +387,7 @@ fn keys_envoy_cannot_use_are_refused() {
         let leaf = Ca::new("Test Root").issue(&[DNS], kind, Validity::around(now_sys()));
         let err = load(&leaf.chain_pem, &leaf.key_pem).expect_err("unsupported");
         assert!(
-            matches!(err, Error::UnsupportedKey { .. }),
+            matches!(err.kind(), Some(ErrorKind::UnsupportedKey { .. })),
             "{kind:?}: {err}"
         );
         assert!(
@@ -413,7 +420,10 @@ fn encrypted_keys_are_refused_with_the_reason() {
         let legacy = leaf.key.encrypted_legacy_pem("x");
         assert!(legacy.contains("Proc-Type: 4,ENCRYPTED"));
         let err = load(&leaf.chain_pem, &legacy).expect_err("legacy encryption");
-        assert!(matches!(err, Error::EncryptedKey { .. }), "{err}");
+        assert!(
+            matches!(err.kind(), Some(ErrorKind::EncryptedKey { .. })),
+            "{err}"
+        );
         assert!(
             err.to_string().contains("`Proc-Type: 4,ENCRYPTED` header"),
             "{err}"
@@ -427,7 +437,10 @@ fn two_keys_in_the_key_file_are_refused() {
     let other = Key::generate(KeyKind::EcP256Pkcs8);
     let both = format!("{}{}", leaf.key_pem, other.pem());
     let err = load(&leaf.chain_pem, both).expect_err("two keys");
-    assert!(matches!(err, Error::MultipleKeys { count: 2, .. }), "{err}");
+    assert!(
+        matches!(err.kind(), Some(ErrorKind::MultipleKeys { count: 2, .. })),
+        "{err}"
+    );
 }
 
 #[test]
@@ -451,105 +464,110 @@ fn unusable_inputs_are_refused_for_chain_and_key() {
             vec![],
             leaf.key_pem.clone().into(),
             CHAIN,
-            |e| matches!(e, Error::EmptyInput { .. }),
+            |e| matches!(e.kind(), Some(ErrorKind::EmptyInput)),
         ),
         (
             "empty key",
             leaf.chain_pem.clone().into(),
             vec![],
             KEY,
-            |e| matches!(e, Error::EmptyInput { .. }),
+            |e| matches!(e.kind(), Some(ErrorKind::EmptyInput)),
         ),
         (
             "blank chain",
             b" \r\n\t\n".to_vec(),
             leaf.key_pem.clone().into(),
             CHAIN,
-            |e| matches!(e, Error::EmptyInput { .. }),
+            |e| matches!(e.kind(), Some(ErrorKind::EmptyInput)),
         ),
         (
             "blank key",
             leaf.chain_pem.clone().into(),
             b"\n\n".to_vec(),
             KEY,
-            |e| matches!(e, Error::EmptyInput { .. }),
+            |e| matches!(e.kind(), Some(ErrorKind::EmptyInput)),
         ),
         (
             "DER chain",
             leaf.cert_der.clone(),
             leaf.key_pem.clone().into(),
             CHAIN,
-            |e| matches!(e, Error::NotPem { .. }),
+            |e| matches!(e.kind(), Some(ErrorKind::NotPem { .. })),
         ),
         (
             "DER key",
             leaf.chain_pem.clone().into(),
             key_der,
             KEY,
-            |e| matches!(e, Error::NotPem { .. }),
+            |e| matches!(e.kind(), Some(ErrorKind::NotPem { .. })),
         ),
         (
             "oversized chain",
             oversized.clone(),
             leaf.key_pem.clone().into(),
             CHAIN,
-            |e| matches!(e, Error::InputTooLarge { .. }),
+            |e| matches!(e.kind(), Some(ErrorKind::InputTooLarge { .. })),
         ),
         (
             "oversized key",
             leaf.chain_pem.clone().into(),
             oversized,
             KEY,
-            |e| matches!(e, Error::InputTooLarge { .. }),
+            |e| matches!(e.kind(), Some(ErrorKind::InputTooLarge { .. })),
         ),
         (
             "garbage chain",
             b"hello world".to_vec(),
             leaf.key_pem.clone().into(),
             CHAIN,
-            |e| matches!(e, Error::MissingPemBlock { found, .. } if found.is_empty()),
+            |e| matches!(e.kind(), Some(ErrorKind::MissingPemBlock { found, .. }) if found.is_empty()),
         ),
         (
             "garbage key",
             leaf.chain_pem.clone().into(),
             b"hello world".to_vec(),
             KEY,
-            |e| matches!(e, Error::MissingPemBlock { .. }),
+            |e| matches!(e.kind(), Some(ErrorKind::MissingPemBlock { .. })),
         ),
         (
             "key as chain",
             leaf.key_pem.clone().into(),
             leaf.key_pem.clone().into(),
             CHAIN,
-            |e| matches!(e, Error::MissingPemBlock { found, .. } if found == &["PRIVATE KEY"]),
+            |e| matches!(e.kind(), Some(ErrorKind::MissingPemBlock { found, .. }) if found == &["PRIVATE KEY"]),
         ),
         (
             "chain as key",
             leaf.chain_pem.clone().into(),
             leaf.chain_pem.clone().into(),
             KEY,
-            |e| matches!(e, Error::MissingPemBlock { found, .. } if found == &["CERTIFICATE"]),
+            |e| matches!(e.kind(), Some(ErrorKind::MissingPemBlock { found, .. }) if found == &["CERTIFICATE"]),
         ),
         (
             "bad base64",
             bad_base64,
             leaf.key_pem.clone().into(),
             CHAIN,
-            |e| matches!(e, Error::MalformedPem { block: 1, .. }),
+            |e| matches!(e.kind(), Some(ErrorKind::MalformedPem { block: 1, .. })),
         ),
         (
             "no END line",
             no_end,
             leaf.key_pem.clone().into(),
             CHAIN,
-            |e| matches!(e, Error::MalformedPem { .. }),
+            |e| matches!(e.kind(), Some(ErrorKind::MalformedPem { .. })),
         ),
         (
             "not X.509",
             b"-----BEGIN CERTIFICATE-----\nMIIBAA==\n-----END CERTIFICATE-----\n".to_vec(),
             leaf.key_pem.clone().into(),
             CHAIN,
-            |e| matches!(e, Error::InvalidCertificate { position: 1, .. }),
+            |e| {
+                matches!(
+                    e.kind(),
+                    Some(ErrorKind::InvalidCertificate { position: 1, .. })
+                )
+            },
         ),
         (
             "not a key",
@@ -558,11 +576,11 @@ fn unusable_inputs_are_refused_for_chain_and_key() {
             KEY,
             |e| {
                 matches!(
-                    e,
-                    Error::InvalidKey {
+                    e.kind(),
+                    Some(ErrorKind::InvalidKey {
                         format: KeyFormat::Pkcs8,
                         ..
-                    }
+                    })
                 )
             },
         ),
@@ -572,7 +590,7 @@ fn unusable_inputs_are_refused_for_chain_and_key() {
             b"-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n"
                 .to_vec(),
             KEY,
-            |e| matches!(e, Error::MissingPemBlock { found, .. } if found == &["OPENSSH PRIVATE KEY"]),
+            |e| matches!(e.kind(), Some(ErrorKind::MissingPemBlock { found, .. }) if found == &["OPENSSH PRIVATE KEY"]),
         ),
     ];
     for (case, chain, key, location, check) in cases {
@@ -651,7 +669,10 @@ fn expired_crl_is_refused() {
         .valid(Validity::expired_at(now_sys()))
         .pem();
     let err = bundle(root.cert_pem(), Some(stale.as_bytes())).expect_err("refused");
-    assert!(matches!(err, Error::CrlExpired { .. }), "{err:?}");
+    assert!(
+        matches!(err.kind(), Some(ErrorKind::CrlExpired { .. })),
+        "{err:?}"
+    );
     let msg = err.to_string();
     assert!(
         msg.contains("`httpbin`") && msg.contains(CRL) && msg.contains("expired"),
@@ -682,43 +703,43 @@ fn unusable_ca_and_crl_inputs_are_refused() {
 
     let cases: Vec<BundleCase<'_>> = vec![
         ("empty CA", b"", None, CA, |e| {
-            matches!(e, Error::EmptyInput { .. })
+            matches!(e.kind(), Some(ErrorKind::EmptyInput))
         }),
         ("blank CA", b"\r\n", None, CA, |e| {
-            matches!(e, Error::EmptyInput { .. })
+            matches!(e.kind(), Some(ErrorKind::EmptyInput))
         }),
         (
             "key as CA",
             leaf.key_pem.as_bytes(),
             None,
             CA,
-            |e| matches!(e, Error::MissingPemBlock { found, .. } if found == &["PRIVATE KEY"]),
+            |e| matches!(e.kind(), Some(ErrorKind::MissingPemBlock { found, .. }) if found == &["PRIVATE KEY"]),
         ),
         ("DER CA", root.cert_der(), None, CA, |e| {
-            matches!(e, Error::NotPem { .. })
+            matches!(e.kind(), Some(ErrorKind::NotPem { .. }))
         }),
         (
             "bad CA",
             b"-----BEGIN CERTIFICATE-----\nMIIBAA==\n-----END CERTIFICATE-----\n",
             None,
             CA,
-            |e| matches!(e, Error::InvalidCertificate { .. }),
+            |e| matches!(e.kind(), Some(ErrorKind::InvalidCertificate { .. })),
         ),
         ("empty CRL", ca, Some(b""), CRL, |e| {
-            matches!(e, Error::EmptyInput { .. })
+            matches!(e.kind(), Some(ErrorKind::EmptyInput))
         }),
         ("garbage CRL text", ca, Some(b"garbage"), CRL, |e| {
-            matches!(e, Error::MissingPemBlock { .. })
+            matches!(e.kind(), Some(ErrorKind::MissingPemBlock { .. }))
         }),
         ("garbage CRL", ca, Some(garbage_crl), CRL, |e| {
-            matches!(e, Error::InvalidCrl { position: 1, .. })
+            matches!(e.kind(), Some(ErrorKind::InvalidCrl { position: 1, .. }))
         }),
         (
             "certificate as CRL",
             ca,
             Some(ca),
             CRL,
-            |e| matches!(e, Error::MissingPemBlock { found, .. } if found == &["CERTIFICATE"]),
+            |e| matches!(e.kind(), Some(ErrorKind::MissingPemBlock { found, .. }) if found == &["CERTIFICATE"]),
         ),
     ];
     for (case, ca, crl, location, check) in cases {

@@ -209,7 +209,7 @@ impl Credential {
     fn depends_on_time(&self) -> bool {
         self.parts
             .iter()
-            .any(|(_, result)| result.as_ref().is_err_and(is_about_time))
+            .any(|(_, result)| result.as_ref().is_err_and(sds_core::Error::depends_on_time))
     }
 }
 
@@ -241,16 +241,6 @@ fn same_parts(a: &[Part], b: &[Part]) -> bool {
                     _ => false,
                 }
         })
-}
-
-/// Whether a rejection depends on the time validation ran at.
-fn is_about_time(error: &sds_core::Error) -> bool {
-    matches!(
-        error,
-        sds_core::Error::NotYetValid { .. }
-            | sds_core::Error::Expired { .. }
-            | sds_core::Error::CrlExpired { .. }
-    )
 }
 
 /// Adds to `out` the directory of every symlink on the way from `file` to what it names (its
@@ -384,7 +374,13 @@ impl Parsed {
     /// on the time.
     fn reusable(previous: Option<&Parsed>, digest: [u8; 32]) -> Option<Parsed> {
         previous
-            .filter(|p| p.digest == Some(digest) && !p.result.as_ref().is_err_and(is_about_time))
+            .filter(|p| {
+                p.digest == Some(digest)
+                    && !p
+                        .result
+                        .as_ref()
+                        .is_err_and(sds_core::Error::depends_on_time)
+            })
             .cloned()
     }
 }

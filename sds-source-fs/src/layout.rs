@@ -9,7 +9,7 @@ use std::{
     sync::Arc,
 };
 
-use sds_core::{MAX_INPUT_LEN, SecretName, Untrusted};
+use sds_core::{ErrorKind, MAX_INPUT_LEN, SecretName, Untrusted};
 
 use crate::stamp::Stamp;
 
@@ -205,22 +205,24 @@ impl Problem {
     pub(crate) fn into_error(self, credential: &SecretName) -> sds_core::Error {
         let credential = credential.clone();
         match self {
-            Problem::TooLarge { path, len } => sds_core::Error::InputTooLarge {
+            Problem::TooLarge { path, len } => sds_core::Error::input(
                 credential,
-                location: location(&path),
-                len: usize::try_from(len).unwrap_or(usize::MAX),
-                max: MAX_INPUT_LEN,
-            },
-            Problem::Unreadable { path, source } => sds_core::Error::Unreadable {
+                location(&path),
+                ErrorKind::InputTooLarge {
+                    len: usize::try_from(len).unwrap_or(usize::MAX),
+                    max: MAX_INPUT_LEN,
+                },
+            ),
+            Problem::Unreadable { path, source } => sds_core::Error::input(
                 credential,
-                location: location(&path),
-                source: Arc::new(source),
-            },
-            Problem::Unpaired { found, missing } => sds_core::Error::MissingInput {
-                credential,
-                found: location(&found),
-                missing: missing.to_string(),
-            },
+                location(&path),
+                ErrorKind::Unreadable {
+                    source: Arc::new(source),
+                },
+            ),
+            Problem::Unpaired { found, missing } => {
+                sds_core::Error::missing_input(credential, location(&found), missing.to_string())
+            }
         }
     }
 }

@@ -67,14 +67,9 @@ impl Parsed {
     /// depends on the time (not yet valid, expired) is not: the Secret is parsed again with the
     /// next update.
     pub(crate) fn is_reusable(&self) -> bool {
-        [&self.pair, &self.ca].into_iter().all(|part| {
-            !matches!(
-                part,
-                Some(Err(sds_core::Error::NotYetValid { .. }
-                    | sds_core::Error::Expired { .. }
-                    | sds_core::Error::CrlExpired { .. }))
-            )
-        })
+        [&self.pair, &self.ca]
+            .into_iter()
+            .all(|part| !matches!(part, Some(Err(error)) if error.depends_on_time()))
     }
 }
 
@@ -93,9 +88,9 @@ fn incomplete(
         (false, Some(found)) => missing.push_str(&format!(" (found: {found})")),
         (false, None) => {}
     }
-    sds_core::Error::MissingInput {
-        credential: credential.clone(),
-        found: location(id, incomplete.found.name()),
+    sds_core::Error::missing_input(
+        credential.clone(),
+        location(id, incomplete.found.name()),
         missing,
-    }
+    )
 }

@@ -293,14 +293,14 @@ fn put(update: &mut Update, name: &str, part: &Part) {
 fn not_a_ca(id: &SecretId) -> sds_core::Error {
     let canonical = naming::canonical(id);
     match SecretName::new(&canonical) {
-        Ok(credential) => sds_core::Error::MissingInput {
+        Ok(credential) => sds_core::Error::missing_input(
             credential,
-            found: format!("Secret {id}"),
-            missing: format!(
+            format!("Secret {id}"),
+            format!(
                 "key `cacert` or `ca.crt` (a Secret named `<name>{CACERT_SUFFIX}` holds the CA \
                  certificates of the Secret `<name>`)"
             ),
-        },
+        ),
         // Not reached: `Job::run` parsed this Secret under the same name.
         Err(error) => error,
     }
