@@ -10,7 +10,6 @@
 //! 12-character window of the key's base64 body, or of its DER in hex, may appear anywhere.
 
 use std::{
-    collections::HashSet,
     error::Error as _,
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -21,12 +20,12 @@ use futures_util::stream;
 use sds_core::{CertifiedKey, Error, Input, Secret, SecretName, TrustBundle, UnixTime, Update};
 use sds_test_util::{
     certs::{Ca, KeyKind, Leaf, Validity},
+    leak::KeyBytes,
     logs::Captured,
 };
 use tracing::Level;
 
 const NOW_SECS: u64 = 2_000_000_000; // 2033-05-18
-const WINDOW: usize = 12;
 const CHAIN: &str = "/d/leak/tls.crt";
 const KEY: &str = "/d/leak/tls.key";
 
@@ -58,41 +57,6 @@ fn now_sys() -> SystemTime {
 }
 
 // === the secret ===
-
-/// Every 12-byte window of a key's base64 body and of its DER in hex (both cases).
-struct KeyBytes(HashSet<Vec<u8>>);
-
-impl KeyBytes {
-    fn of(key_pem: &str) -> Self {
-        let body: String = key_pem
-            .lines()
-            .filter(|l| !l.starts_with("-----"))
-            .collect();
-        let der = base64::engine::general_purpose::STANDARD
-            .decode(&body)
-            .expect("the fixture's key is valid base64");
-        let hex: String = der.iter().map(|b| format!("{b:02x}")).collect();
-        let mut windows = HashSet::new();
-        for text in [body, hex.clone(), hex.to_uppercase()] {
-            windows.extend(text.as_bytes().windows(WINDOW).map(<[u8]>::to_vec));
-        }
-        Self(windows)
-    }
-
-    /// Panics if `text` holds a window of the key.
-    fn assert_absent(&self, what: &str, text: &str) {
-        if let Some(window) = text
-            .as_bytes()
-            .windows(WINDOW)
-            .find(|w| self.0.contains(*w))
-        {
-            panic!(
-                "{what} holds key bytes `{}`:\n{text}",
-                String::from_utf8_lossy(window)
-            );
-        }
-    }
-}
 
 // === mangling ===
 
@@ -372,7 +336,7 @@ fn no_error_or_log_line_holds_key_bytes() {
 
 fn check(leaf: &Leaf) {
     let kind = leaf.key.kind();
-    let secret = KeyBytes::of(&leaf.key_pem);
+    let secret = KeyBytes::of([leaf.key_pem.as_str()]);
     let cases = mangled(leaf);
 
     // Parsing logs only warnings about CA certificates, whatever the level: parse once,

@@ -217,23 +217,16 @@ impl<P: Protocol, I: Inbound<P::Request>> Pump<P, I> {
             .nack_log
             .last
             .is_none_or(|last| now.duration_since(last) >= self.inner.limits.nack_log_interval);
+        let error = Untrusted::new(&rejection.message, 4 * SHOWN_CHARS);
+        let nonce = Untrusted::new(nonce, SHOWN_CHARS);
         // Once per stream and interval, and a few lines a second server-wide.
-        let suppressed = if due {
-            self.inner.warnings.allow()
-        } else {
-            None
-        };
-        let Some(suppressed) = suppressed else {
+        let Some(suppressed) = due.then(|| self.inner.warnings.allow()).flatten() else {
             self.nack_log.unlogged += 1;
             tracing::debug!(
-                node = %self.node, nonce = %Untrusted::new(nonce, SHOWN_CHARS), version,
-                code = rejection.code, error = %Untrusted::new(&rejection.message, 4 * SHOWN_CHARS),
-                "NACK"
+                node = %self.node, %nonce, version, code = rejection.code, %error, "NACK"
             );
             return;
         };
-        let error = Untrusted::new(&rejection.message, 4 * SHOWN_CHARS);
-        let nonce = Untrusted::new(nonce, SHOWN_CHARS);
         let unlogged = std::mem::take(&mut self.nack_log.unlogged);
         self.nack_log.last = Some(now);
         tracing::warn!(

@@ -256,17 +256,21 @@ async fn fetch_validates_names_as_streams_do_and_bounds_its_answers() {
     assert!(err.message().len() < 1024, "{} bytes", err.message().len());
 }
 
-// Single-threaded: the server runs on the test's thread, so the thread-local subscriber sees
-// every line it logs.
-#[tokio::test]
-async fn nack_storms_and_forged_text_stay_out_of_the_log() {
+/// Captures what this thread logs at INFO and above until the guard is dropped. Tests using
+/// it run single-threaded, so the server runs on the test's thread and every line is seen.
+fn capture_info() -> (Captured, tracing::subscriber::DefaultGuard) {
     let captured = Captured::default();
     let subscriber = tracing_subscriber::fmt()
         .with_writer(captured.clone())
         .with_ansi(false)
         .with_max_level(tracing::Level::INFO)
         .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    (captured, tracing::subscriber::set_default(subscriber))
+}
+
+#[tokio::test]
+async fn nack_storms_and_forged_text_stay_out_of_the_log() {
+    let (captured, _guard) = capture_info();
 
     let mut h = start(Limits::default(), Default::default()).await;
     let forged = "node\nINFO sds_core::publish: secret added secret=FORGED\u{1b}[2J";
@@ -480,16 +484,9 @@ async fn half_sent_requests_of_a_connection_share_its_pending_budget() {
     assert_eq!(fetched.into_inner().resources.len(), 1);
 }
 
-// Single-threaded, so that the thread-local subscriber sees the server's lines.
 #[tokio::test]
 async fn refusals_on_many_streams_are_logged_a_few_times_a_second() {
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(captured.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = capture_info();
     let mut h = start(Limits::default(), Default::default()).await;
     let started = std::time::Instant::now();
     for i in 0..300 {

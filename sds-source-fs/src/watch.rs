@@ -26,6 +26,7 @@ use notify_debouncer_full::{
     },
 };
 use parking_lot::Mutex;
+use sds_core::Untrusted;
 use tokio::sync::Notify;
 
 use crate::{layout::shown, stamp::FileId};
@@ -145,10 +146,11 @@ impl Watcher {
                 let relevant = match &result {
                     Ok(events) => noted.lock().note(events, &dir),
                     Err(errors) => {
-                        for error in errors {
-                            let error: &dyn std::error::Error = error;
+                        // One line per batch; notify's messages carry paths: escaped, cut.
+                        if let Some(first) = errors.first() {
                             tracing::warn!(
-                                error,
+                                error = %Untrusted::new(&first.to_string(), 256),
+                                errors = errors.len(),
                                 "file watcher failed; reading every credential again"
                             );
                         }
@@ -493,7 +495,8 @@ fn reason(error: &notify::Error) -> Option<String> {
         notify::ErrorKind::Io(e) if e.kind() == io::ErrorKind::NotFound => None,
         notify::ErrorKind::Io(e) => Some(e.to_string()),
         notify::ErrorKind::MaxFilesWatch => Some(WATCH_LIMIT.to_owned()),
-        _ => Some(error.to_string()),
+        // notify's message names the paths: outside text.
+        _ => Some(Untrusted::new(&error.to_string(), 256).to_string()),
     }
 }
 

@@ -8,7 +8,6 @@
 //! its own tasks) whose level each round sets.
 
 use std::{
-    collections::HashSet,
     error::Error as _,
     sync::{
         Arc, OnceLock,
@@ -17,12 +16,12 @@ use std::{
     time::Duration,
 };
 
-use base64::Engine as _;
 use sds_core::{Reader, Snapshot};
 use sds_source_k8s::{K8sSource, Scope};
 use sds_test_apiserver::{Access, ApiServer, Secret as KubeSecret};
 use sds_test_util::{
     certs::{Ca, KeyKind, Leaf, Validity},
+    leak::KeyBytes,
     logs::Captured,
 };
 use tokio::time::timeout;
@@ -32,7 +31,6 @@ use tracing_subscriber::{Layer as _, layer::SubscriberExt as _};
 const NS: &str = "istio-system";
 const ADMIN: &str = "admin";
 const WAIT: Duration = Duration::from_secs(30);
-const WINDOW: usize = 12;
 
 const LEVELS: [Level; 5] = [
     Level::TRACE,
@@ -73,39 +71,6 @@ fn capture() -> &'static Captured {
 }
 
 // === the secret ===
-
-/// Every 12-byte window of the keys' base64 bodies and of their DER in hex.
-struct KeyBytes(HashSet<Vec<u8>>);
-
-impl KeyBytes {
-    fn of<'a>(pems: impl IntoIterator<Item = &'a str>) -> Self {
-        let mut windows = HashSet::new();
-        for pem in pems {
-            let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-            let der = base64::engine::general_purpose::STANDARD
-                .decode(&body)
-                .expect("the fixture's key is valid base64");
-            let hex: String = der.iter().map(|b| format!("{b:02x}")).collect();
-            for text in [body, hex.clone(), hex.to_uppercase()] {
-                windows.extend(text.as_bytes().windows(WINDOW).map(<[u8]>::to_vec));
-            }
-        }
-        Self(windows)
-    }
-
-    fn assert_absent(&self, what: &str, text: &str) {
-        if let Some(window) = text
-            .as_bytes()
-            .windows(WINDOW)
-            .find(|w| self.0.contains(*w))
-        {
-            panic!(
-                "{what} holds key bytes `{}`:\n{text}",
-                String::from_utf8_lossy(window)
-            );
-        }
-    }
-}
 
 /// The key on one line, its line breaks folded to spaces.
 fn one_line(pem: &str) -> String {

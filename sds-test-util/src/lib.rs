@@ -9,4 +9,5 @@
 pub mod certs;
 pub mod envoy;
 pub mod envoy_node;
+pub mod leak;
 pub mod logs;
