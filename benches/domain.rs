@@ -258,7 +258,9 @@ impl Fanout {
         ));
         tokio::spawn(driver);
         reader.ready().await.expect("ready");
-        let sds = SdsService::new(reader);
+        let sds = SdsService::builder(reader)
+            .policy(sds_server::policy::AllowAnyPeer)
+            .build();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

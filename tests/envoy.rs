@@ -15,7 +15,7 @@ use std::{
 use sds::{
     core::Reader,
     fs::DirSource,
-    server::{Limits, SdsService, connections},
+    server::{Limits, SdsService, connections, policy},
 };
 use sds_test_util::{
     certs::{Ca, KeyKind, Leaf, Validity},
@@ -143,9 +143,17 @@ fn serve(dir: &Path, endpoint: &SdsEndpoint) -> (tokio::runtime::Runtime, Reader
         tokio::spawn(driver);
         reader.ready().await.expect("first scan");
         // As the examples serve: the recommended HTTP/2 stream limit, guarded connections.
+        // Over a Unix socket, the default policy: Envoy runs as the same user as the server.
+        // Over TCP (no identity without TLS), any peer.
+        let sds = match endpoint {
+            SdsEndpoint::Tcp(_) => SdsService::builder(reader.clone())
+                .policy(policy::AllowAnyPeer)
+                .build(),
+            _ => SdsService::new(reader.clone()),
+        };
         let router = tonic::transport::Server::builder()
             .max_concurrent_streams(Limits::MAX_CONCURRENT_STREAMS)
-            .add_service(SdsService::new(reader.clone()).into_server());
+            .add_service(sds.into_server());
         let guard = connections::ConnectionLimits::default();
         match endpoint {
             SdsEndpoint::Tcp(addr) => {
@@ -476,4 +484,102 @@ fn istio_external_sds_names_unix_delta() {
         SdsApi::DeltaGrpc,
         "sds://httpbin-credential",
     );
+}
+
+/// `openssl s_client -status` against Envoy's listener for `host`: what it printed.
+fn s_client_status(host: &str, port: u16, ca: &Path) -> String {
+    let output = std::process::Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .args(["-servername", host, "-status", "-CAfile"])
+        .arg(ca)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl runs");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Istio's OCSP staple: `tls.ocsp-staple` beside the pair is served as the `TlsCertificate`'s
+/// `ocsp_staple`, and Envoy staples it to handshakes that ask (`openssl s_client -status`); a
+/// rotated staple (now saying "revoked") is stapled next; a staple for another certificate is
+/// refused and never reaches Envoy.
+fn ocsp_stapling(transport: Transport, api: SdsApi) {
+    use sds_test_util::ocsp::{CertStatus, OcspBuilder};
+
+    let server = Server::start(transport);
+    let ca = Ca::new("example.com");
+    let served = leaf(&ca, HTTPBIN);
+    let dir = server.credentials().join("httpbin-credential");
+    fs::create_dir_all(&dir).expect("mkdir");
+    let staple = |status| OcspBuilder::new(&ca, &served).status(status).der();
+    fs::write(dir.join("tls.ocsp-staple"), staple(CertStatus::Good)).expect("write the staple");
+    write_atomically(&dir.join("tls.crt"), &served.chain_pem);
+    write_atomically(&dir.join("tls.key"), &served.key_pem);
+    server.wait_for("the credential with its staple", |s| {
+        matches!(
+            s.get("httpbin-credential").map(|s| &**s),
+            Some(sds::core::Secret::TlsCertificate(c)) if c.ocsp_staple().is_some()
+        )
+    });
+    let (envoy, port) = server.envoy(
+        api,
+        vec![FilterChain::new("httpbin-credential", &[HTTPBIN])],
+    );
+    let ca_path = server.file("example.com.crt", ca.cert_pem());
+    let shown = s_client_status(HTTPBIN, port, &ca_path);
+    assert!(
+        shown.contains("OCSP Response Status: successful"),
+        "no staple: {shown}"
+    );
+    assert!(shown.contains("Cert Status: good"), "{shown}");
+    assert!(
+        shown.contains(&format!(
+            "Serial Number: {}",
+            served
+                .serial
+                .iter()
+                .map(|b| format!("{b:02X}"))
+                .collect::<String>()
+        )),
+        "{shown}"
+    );
+
+    // A new staple for the same certificate: stapled next.
+    let path = dir.join("tls.ocsp-staple");
+    let tmp = path.with_extension("tmp");
+    fs::write(
+        &tmp,
+        staple(CertStatus::Revoked {
+            revocation_time: std::time::SystemTime::now() - Duration::from_secs(60),
+        }),
+    )
+    .expect("write");
+    fs::rename(&tmp, &path).expect("rename");
+    eventually("Envoy staples the new response", || {
+        s_client_status(HTTPBIN, port, &ca_path).contains("Cert Status: revoked")
+    });
+
+    // A staple for another certificate is refused: the last good one stays.
+    let other = leaf(&ca, HTTPBIN);
+    fs::write(&tmp, OcspBuilder::new(&ca, &other).der()).expect("write");
+    fs::rename(&tmp, &path).expect("rename");
+    server.wait_for("the mismatched staple is rejected", |s| {
+        s.rejected()
+            .any(|(n, _)| n.as_str() == "httpbin-credential")
+    });
+    assert!(s_client_status(HTTPBIN, port, &ca_path).contains("Cert Status: revoked"));
+    assert_eq!(
+        envoy.stat("sds.httpbin-credential.update_rejected"),
+        Some(0),
+        "nothing Envoy would refuse was sent"
+    );
+}
+
+#[test]
+fn ocsp_stapling_tcp_sotw() {
+    ocsp_stapling(Transport::Tcp, SdsApi::Grpc);
+}
+
+#[test]
+fn ocsp_stapling_unix_delta() {
+    ocsp_stapling(Transport::Unix, SdsApi::DeltaGrpc);
 }

@@ -35,7 +35,7 @@ use futures_util::StreamExt as _;
 use sds::{
     core::Reader,
     fs::DirSource,
-    server::{Limits, SdsService, connections},
+    server::{Limits, SdsService, connections, policy},
 };
 use sds_test_util::{
     certs::{Ca, KeyKind, Leaf, Validity},
@@ -149,7 +149,9 @@ fn serve(
         let (mut reader, driver) = sds::core::publish(source);
         tokio::spawn(driver);
         reader.ready().await.expect("first scan");
-        let sds = SdsService::new(reader.clone());
+        let sds = SdsService::builder(reader.clone())
+            .policy(policy::AllowAnyPeer)
+            .build();
         let router = tonic::transport::Server::builder()
             .max_concurrent_streams(stream_limit)
             .add_service(sds.clone().into_server());

@@ -143,7 +143,9 @@ pub(crate) fn main(kind: Kind, k: usize, http2: &Http2, workers: usize) -> ! {
                     sds::core::publish(sds::core::from_stream(ReceiverStream::new(rx)));
                 tokio::spawn(driver);
                 reader.ready().await.expect("first snapshot");
-                SdsService::new(reader)
+                SdsService::builder(reader)
+                    .policy(sds::server::policy::AllowAnyPeer)
+                    .build()
             });
             let mut router = router;
             let router = router.add_service(sds.clone().into_server());

@@ -1,17 +1,13 @@
 //! What every serving example shares: the `--listen` address, logging, and a server that
 //! shuts down cleanly on SIGINT/SIGTERM.
 
-use std::{
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use sds::{
     core::Reader,
-    server::{Limits, SdsService, connections},
+    server::{Limits, SdsService, connections, policy::AllowAnyPeer},
 };
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::TcpListener;
 use tokio_stream::{
     StreamExt as _,
     wrappers::{TcpListenerStream, UnixListenerStream},
@@ -82,7 +78,27 @@ pub(crate) async fn serve(
             .join(", "),
         "serving"
     );
-    let sds = SdsService::new(reader);
+    let sds = match &listen {
+        // Over a Unix socket: the server's own user and root only (peer credentials).
+        Listen::Unix(_) => SdsService::new(reader),
+        // Plain TCP proves nothing about a client: on loopback any local process reads every
+        // secret; anywhere else, anyone who reaches the port would.
+        Listen::Tcp(addr) if addr.ip().is_loopback() => {
+            tracing::warn!(
+                address = %addr,
+                "plain TCP: every local user can read every secret; \
+                 prefer a Unix socket (unix:/path)"
+            );
+            SdsService::builder(reader).policy(AllowAnyPeer).build()
+        }
+        Listen::Tcp(addr) => {
+            return Err(format!(
+                "refusing plain TCP on {addr}: anyone who reaches it would read every private \
+                 key; listen on a Unix socket (unix:/path) or a loopback address"
+            )
+            .into());
+        }
+    };
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .max_concurrent_streams(Limits::MAX_CONCURRENT_STREAMS)
@@ -116,10 +132,9 @@ pub(crate) async fn serve(
         }
         Listen::Unix(path) => {
             let shown = path.display();
-            remove_stale_socket(&path)
+            // Only the server's user may connect (the policy checks the peer's uid too).
+            let listener = connections::bind_unix(&path, 0o600)
                 .await
-                .map_err(|e| format!("cannot listen on unix:{shown}: {e}"))?;
-            let listener = UnixListener::bind(&path)
                 .map_err(|e| format!("cannot listen on unix:{shown}: {e}"))?;
             tracing::info!(path = %shown, "listening (Unix socket)");
             let incoming = connections::guard(UnixListenerStream::new(listener), guard);
@@ -151,33 +166,6 @@ async fn drain(
             Ok(())
         }
         () = signal("stopping now") => Ok(()),
-    }
-}
-
-/// Removes a socket file left by an earlier run; refuses to remove anything else, and a
-/// socket that a running server still answers on.
-async fn remove_stale_socket(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::FileTypeExt;
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => {
-            if tokio::net::UnixStream::connect(path).await.is_ok() {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::AddrInUse,
-                    format!("{} is in use by a running server", path.display()),
-                ));
-            }
-            tracing::info!(path = %path.display(), "removing stale socket");
-            std::fs::remove_file(path)
-        }
-        Ok(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::AlreadyExists,
-            format!(
-                "{} exists and is not a socket; not removing it",
-                path.display()
-            ),
-        )),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
     }
 }
 

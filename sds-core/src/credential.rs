@@ -157,18 +157,12 @@ impl CertifiedKey {
             (x509::info(leaf), key)
         };
 
-        let version = Version::digest(|h| {
-            h.update(b"tls_certificate");
-            h.update(&(ders.len() as u64).to_be_bytes());
-            for der in &ders {
-                h.update(der);
-            }
-            h.update(&key.der);
-        });
+        let version = certified_key_version(&ders, &key.der, None);
         Ok(CertifiedKey {
             chain: ders,
             key,
             leaf,
+            ocsp: None,
             version,
         })
     }
@@ -181,6 +175,27 @@ impl CertifiedKey {
             self.chain.iter().map(|c| c.as_ref()),
         )
     }
+}
+
+/// The version of a [`CertifiedKey`]: the digest of its chain, its private key and its OCSP
+/// staple. The one place this rule is written.
+pub(crate) fn certified_key_version(
+    chain: &[CertificateDer<'_>],
+    key: &[u8],
+    ocsp_staple: Option<&[u8]>,
+) -> Version {
+    Version::digest(|h| {
+        h.update(b"tls_certificate");
+        h.update(&(chain.len() as u64).to_be_bytes());
+        for der in chain {
+            h.update(der);
+        }
+        h.update(key);
+        if let Some(staple) = ocsp_staple {
+            h.update(b"ocsp_staple");
+            h.update(staple);
+        }
+    })
 }
 
 // === impl PrivateKey ===

@@ -4,7 +4,7 @@ use std::{fmt, sync::Arc, time::Duration};
 
 use rustls_pki_types::UnixTime;
 
-use crate::{KeyFormat, SecretName};
+use crate::{KeyFormat, OcspProblem, SecretName};
 
 /// Everything that can go wrong in `sds-core`: a name that is not a valid resource name, or a
 /// credential input that cannot be served.
@@ -260,6 +260,30 @@ pub enum ErrorKind {
         next_update: UnixTime,
         /// The time validation ran at.
         now: UnixTime,
+    },
+
+    /// An OCSP staple Envoy would not load: not a DER OCSP response, an unsuccessful one, or
+    /// not for exactly one certificate. Times are not checked (see
+    /// [`CertifiedKey::with_ocsp_staple`](crate::CertifiedKey::with_ocsp_staple)).
+    #[error("invalid OCSP staple: {problem}")]
+    InvalidOcspStaple {
+        /// What is wrong, by position and structure.
+        problem: OcspProblem,
+    },
+
+    /// The OCSP staple is for another certificate than the leaf: its serial number is not the
+    /// leaf's (Envoy: "OCSP response does not match its TLS certificate").
+    #[error(
+        "the OCSP staple is for serial 0x{staple_serial}, but the leaf's serial is \
+         0x{leaf_serial}"
+    )]
+    OcspStapleMismatch {
+        /// The staple's serial number, hex as [`CertificateInfo::serial`] shows it.
+        ///
+        /// [`CertificateInfo::serial`]: crate::CertificateInfo::serial
+        staple_serial: String,
+        /// The leaf's serial number, hex.
+        leaf_serial: String,
     },
 }
 

@@ -37,7 +37,9 @@
 
 mod credential;
 mod error;
+pub mod layout;
 mod name;
+mod ocsp;
 mod pem;
 mod publish;
 mod secret;
@@ -51,6 +53,7 @@ pub use crate::{
     credential::{Input, MAX_INPUT_LEN},
     error::{CredentialError, Error, ErrorKind, ParseError},
     name::{CACERT_SUFFIX, MAX_NAME_LEN, SecretName},
+    ocsp::{OcspCertStatus, OcspProblem, OcspStaple},
     publish::{Closed, Driver, Reader, SecretWatch, publish},
     secret::{
         CertificateInfo, CertifiedKey, KeyAlgorithm, KeyFormat, PrivateKey, Secret, TrustBundle,

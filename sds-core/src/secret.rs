@@ -8,7 +8,7 @@ use std::fmt;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
 use zeroize::Zeroizing;
 
-use crate::Version;
+use crate::{OcspStaple, Version};
 
 /// A validated secret, ready to be served.
 #[derive(Debug)]
@@ -58,6 +58,7 @@ pub struct CertifiedKey {
     pub(crate) chain: Vec<CertificateDer<'static>>,
     pub(crate) key: PrivateKey,
     pub(crate) leaf: CertificateInfo,
+    pub(crate) ocsp: Option<OcspStaple>,
     pub(crate) version: Version,
 }
 
@@ -79,7 +80,13 @@ impl CertifiedKey {
         &self.leaf
     }
 
-    /// The content-derived version of this credential.
+    /// The OCSP response Envoy staples for the leaf, if one was attached with
+    /// [`CertifiedKey::with_ocsp_staple`].
+    pub fn ocsp_staple(&self) -> Option<&OcspStaple> {
+        self.ocsp.as_ref()
+    }
+
+    /// The content-derived version of this credential (chain, key and OCSP staple).
     pub fn version(&self) -> Version {
         self.version
     }

@@ -271,7 +271,7 @@ fn same_ec_point(cert: &[u8], key: &[u8]) -> bool {
 }
 
 /// A big-endian unsigned integer without leading zero bytes.
-fn unsigned(mut bytes: &[u8]) -> &[u8] {
+pub(crate) fn unsigned(mut bytes: &[u8]) -> &[u8] {
     while let [0, rest @ ..] = bytes {
         bytes = rest;
     }
@@ -316,7 +316,9 @@ pub(crate) fn unix_time(time: ASN1Time) -> UnixTime {
     UnixTime::since_unix_epoch(Duration::from_secs(secs))
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Bytes as lowercase hex without separators: how [`CertificateInfo::serial`] and errors
+/// show serial numbers.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -30,6 +30,7 @@ use std::{
     fmt,
     future::Future,
     io,
+    path::Path,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll, ready},
@@ -39,6 +40,7 @@ use std::{
 use futures_core::Stream;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::UnixListener,
     sync::{AcquireError, OwnedSemaphorePermit, Semaphore},
     time::Sleep,
 };
@@ -47,7 +49,10 @@ use tonic::{
     transport::server::{Connected, TcpConnectInfo, UdsConnectInfo},
 };
 
-use crate::limits::ConnectionBudget;
+use crate::{
+    limits::ConnectionBudget,
+    peer::{Peer, UnixCredentials},
+};
 
 /// What [`guard`] enforces.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,6 +78,64 @@ impl Default for ConnectionLimits {
             max_accept_backoff: Duration::from_secs(1),
         }
     }
+}
+
+/// Binds a Unix socket at `path` whose file has the permission bits `mode` (e.g. `0o600`: only
+/// the server's user may connect; `0o660` adds its group) from the moment it appears: the
+/// socket is bound under a temporary name in the same directory, given `mode`, then renamed
+/// into place.
+///
+/// A socket left by a server that is gone (connecting is refused) is replaced; a socket a
+/// running server answers on is never taken over (`AddrInUse`), and a path that is not a
+/// socket is never removed (`AlreadyExists`). File permissions are a first fence only: check
+/// the peer's credentials too (the default [`Policy`](crate::policy::Policy) of
+/// [`SdsService`](crate::SdsService) does).
+pub async fn bind_unix(path: &Path, mode: u32) -> io::Result<UnixListener> {
+    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if tokio::net::UnixStream::connect(path).await.is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("{} is in use by a running server", path.display()),
+                ));
+            }
+            tracing::info!(path = %path.display(), "replacing a stale socket");
+        }
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists and is not a socket; not removing it",
+                    path.display()
+                ),
+            ));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let file_name = path.file_name().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} names no file", path.display()),
+        )
+    })?;
+    let mut temporary = std::ffi::OsString::from(".");
+    temporary.push(file_name);
+    temporary.push(format!(".{}.binding", std::process::id()));
+    let temporary = path.with_file_name(temporary);
+    match std::fs::remove_file(&temporary) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let listener = UnixListener::bind(&temporary)?;
+    let placed = std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(mode))
+        .and_then(|()| std::fs::rename(&temporary, path));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(e);
+    }
+    Ok(listener)
 }
 
 /// The client's connection preface, and the header of the SETTINGS frame that must follow it.
@@ -318,7 +381,7 @@ impl<T> ConnectInfo<T> {
 }
 
 /// The budget of the connection a request came on, if it was accepted through [`guard`]
-/// (as a TCP or Unix-socket connection).
+/// (as a TCP, TLS or Unix-socket connection).
 pub(crate) fn budget(extensions: &http::Extensions) -> Option<Arc<ConnectionBudget>> {
     extensions
         .get::<ConnectInfo<TcpConnectInfo>>()
@@ -328,6 +391,45 @@ pub(crate) fn budget(extensions: &http::Extensions) -> Option<Arc<ConnectionBudg
                 .get::<ConnectInfo<UdsConnectInfo>>()
                 .map(|c| Arc::clone(&c.budget))
         })
+        .or_else(|| {
+            extensions
+                .get::<ConnectInfo<crate::tls::TlsConnectInfo>>()
+                .map(|c| Arc::clone(&c.budget))
+        })
+}
+
+/// What the transport proves about the client of a request: Unix-socket credentials, a TCP
+/// address, or a TCP address and the verified client certificate of a
+/// [`tls`](crate::tls) connection, accepted through [`guard`] or not.
+pub(crate) fn peer(extensions: &http::Extensions) -> Peer {
+    let tcp = |info: &TcpConnectInfo| info.remote_addr().map_or_else(Peer::unknown, Peer::tcp);
+    let uds = |info: &UdsConnectInfo| {
+        info.peer_cred.map_or_else(Peer::unknown, |cred| {
+            Peer::unix(UnixCredentials {
+                uid: cred.uid(),
+                gid: cred.gid(),
+                pid: cred.pid(),
+            })
+        })
+    };
+    if let Some(info) = extensions.get::<ConnectInfo<crate::tls::TlsConnectInfo>>() {
+        return info.inner.peer();
+    }
+    if let Some(info) = extensions.get::<crate::tls::TlsConnectInfo>() {
+        return info.peer();
+    }
+    if let Some(info) = extensions.get::<ConnectInfo<UdsConnectInfo>>() {
+        return uds(&info.inner);
+    }
+    if let Some(info) = extensions.get::<UdsConnectInfo>() {
+        return uds(info);
+    }
+    if let Some(info) = extensions.get::<ConnectInfo<TcpConnectInfo>>() {
+        return tcp(&info.inner);
+    }
+    extensions
+        .get::<TcpConnectInfo>()
+        .map_or_else(Peer::unknown, tcp)
 }
 
 impl<IO> Guarded<IO> {

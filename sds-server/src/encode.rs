@@ -214,7 +214,10 @@ fn encode_secret(name: &SecretName, secret: &Secret) -> Option<Bytes> {
             tls::secret::Type::TlsCertificate(tls::TlsCertificate {
                 certificate_chain: inline(Bytes::from(cert.chain_pem())),
                 private_key: inline(secret_bytes(Zeroizing::new(key.as_bytes().to_vec()))),
-                ocsp_staple: None,
+                ocsp_staple: cert
+                    .ocsp_staple()
+                    .map(|staple| Bytes::copy_from_slice(staple.der()))
+                    .and_then(inline),
             })
         }
         Secret::ValidationContext(bundle) => {

@@ -1,7 +1,12 @@
 //! `FetchSecrets`: one request, one answer, through tonic's codec. Its names are validated and
 //! bounded as a stream's are.
 
-use std::sync::{Arc, atomic::Ordering};
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, atomic::Ordering},
+};
+
+use sds_core::Untrusted;
 
 use sds_proto::{
     SECRET_TYPE_URL,
@@ -15,9 +20,12 @@ use sds_proto::{
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
+    connections,
     framing::bounded,
+    policy::Decision,
+    pump::decide,
     service::Inner,
-    session::{check_type, parse_names, source_name},
+    session::{SHOWN_CHARS, check_type, parse_names, source_name},
     status,
 };
 
@@ -57,16 +65,17 @@ impl SecretDiscoveryService for Fetch {
         &self,
         request: Request<DiscoveryRequest>,
     ) -> Result<Response<DiscoveryResponse>, Status> {
-        self.fetch(request).map_err(bounded)
+        self.fetch(request).await.map_err(bounded)
     }
 }
 
 impl Fetch {
-    fn fetch(
+    async fn fetch(
         &self,
         request: Request<DiscoveryRequest>,
     ) -> Result<Response<DiscoveryResponse>, Status> {
         let inner = &self.inner;
+        let peer = connections::peer(request.extensions());
         let req = request.into_inner();
         let names = check_type(&req.type_url)
             .and_then(|()| parse_names(&req.resource_names, &inner.stream_limits()))
@@ -75,6 +84,24 @@ impl Fetch {
             return Err(Status::invalid_argument(
                 "name at least one secret in resource_names",
             ));
+        }
+        let mut denied = Vec::new();
+        let mut reasons = BTreeSet::new();
+        for name in &names {
+            if let Decision::Deny(reason) = decide(&*inner.policy, &peer, name).await {
+                inner.counters.denied.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, secret = %name, %reason, "fetch denied by the policy");
+                denied.push(name);
+                reasons.insert(reason);
+            }
+        }
+        if !denied.is_empty() {
+            let reasons = reasons.into_iter().collect::<Vec<_>>().join("; ");
+            let reasons = Untrusted::new(&reasons, 4 * SHOWN_CHARS);
+            return Err(Status::permission_denied(format!(
+                "not allowed: {} ({reasons})",
+                status::shown_names(denied.into_iter())
+            )));
         }
         let snapshot = inner
             .reader

@@ -4,8 +4,9 @@
 //! ```no_run
 //! # async fn demo(reader: sds_core::Reader) -> Result<(), Box<dyn std::error::Error>> {
 //! use sds_server::{Limits, SdsService, connections};
-//! use tokio_stream::wrappers::TcpListenerStream;
+//! use tokio_stream::wrappers::UnixListenerStream;
 //!
+//! // Only the server's own user (and root) gets secrets: see the `policy` module for others.
 //! let sds = SdsService::new(reader);
 //! let stop = {
 //!     let sds = sds.clone();
@@ -15,9 +16,9 @@
 //!         sds.shutdown();
 //!     }
 //! };
-//! // Close connections that never start HTTP/2; pause accepting at the descriptor limit.
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:15012").await?;
-//! let incoming = connections::guard(TcpListenerStream::new(listener), Default::default());
+//! // A socket only this user may connect to; close connections that never start HTTP/2.
+//! let listener = connections::bind_unix("/run/sds/sds.sock".as_ref(), 0o600).await?;
+//! let incoming = connections::guard(UnixListenerStream::new(listener), Default::default());
 //! tonic::transport::Server::builder()
 //!     .max_concurrent_streams(Limits::MAX_CONCURRENT_STREAMS)
 //!     .add_service(sds.into_server())
@@ -31,9 +32,17 @@
 //!
 //! # Scope
 //! The service never binds a socket, spawns a listener or installs a signal handler: the
-//! embedder owns the server, its TLS, interceptors and shutdown. It does not authorize
-//! clients: any client that reaches it gets any secret it names, so serve it on a Unix socket
-//! or loopback address only its proxies can reach.
+//! embedder owns the server, its TLS, interceptors and shutdown ([`connections::bind_unix`]
+//! binds a private Unix socket for it).
+//! Over TCP, [`tls`] adds TLS with required client certificates, its server certificate and
+//! client CA following the snapshot.
+//!
+//! # Who may have which secret
+//! Every name a client subscribes to is decided by a [`policy::Policy`] for the client's
+//! [`policy::Peer`]: what the transport proves (Unix-socket credentials, a verified client
+//! certificate), never the `Node` it claims. A denied name is not sent, the other names of the
+//! stream are. By default ([`SdsService::new`]) only the server's own user and root, on a Unix
+//! socket, get anything; choose another policy with [`SdsService::builder`].
 //!
 //! # What one client may cost
 //! Every stream is held to [`Limits`] (names and bytes of names per stream, subscriptions
@@ -53,9 +62,12 @@
 pub mod __bench;
 pub mod connections;
 mod encode;
+mod error;
 mod fetch;
 mod framing;
 mod limits;
+mod peer;
+pub mod policy;
 pub mod protocol;
 mod pump;
 mod requests;
@@ -64,10 +76,12 @@ mod service;
 mod session;
 mod shutdown;
 mod status;
+pub mod tls;
 mod warnings;
 
 pub use crate::{
+    error::Error,
     limits::Limits,
     server::SecretDiscoveryServer,
-    service::{SdsService, Stats},
+    service::{Builder, SdsService, Stats},
 };

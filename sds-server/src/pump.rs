@@ -5,7 +5,10 @@
 use std::{collections::BTreeMap, sync::Arc, time::Instant};
 
 use futures_core::Stream;
-use futures_util::{FutureExt, future};
+use futures_util::{
+    FutureExt,
+    future::{self, BoxFuture},
+};
 use sds_core::{Secret, SecretName, SecretWatch, Untrusted};
 use sds_proto::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use std::sync::atomic::Ordering;
@@ -15,11 +18,12 @@ use crate::{
     encode::Encoder,
     framing::Frame,
     limits::ConnectionBudget,
+    policy::{Decision, Peer, Policy},
     requests::Inbound,
     service::Inner,
     session::{
         Ack, Delta, DeltaRequest, DeltaResponse, Refusal, Rejection, SHOWN_CHARS, Sotw,
-        SotwRequest, SotwResponse, StreamLimits, Subscriptions, source_name,
+        SotwRequest, SotwResponse, StreamLimits, Subscriptions, parse_names, source_name,
     },
     shutdown::Signal,
     status,
@@ -27,7 +31,7 @@ use crate::{
 
 /// A session driven by one gRPC stream: the protocol-specific half of [`Pump`].
 pub(crate) trait Protocol: Send + 'static {
-    type Request: Send + 'static;
+    type Request: Send + Sync + 'static;
     type Response: Send + 'static;
 
     /// A new session held to `limits`.
@@ -35,6 +39,9 @@ pub(crate) trait Protocol: Send + 'static {
 
     /// The node id sent with a request, if any.
     fn node_id(req: &Self::Request) -> Option<&str>;
+    /// The names a request subscribes to (all of them for state of the world, the new ones
+    /// for delta): each is authorized before the session sees the request.
+    fn requested(req: &Self::Request) -> &[String];
     fn on_request(
         &mut self,
         req: &Self::Request,
@@ -57,6 +64,10 @@ pub(crate) struct Pump<P: Protocol, I> {
     watches: Watches,
     /// The node id the client claims, escaped and cut short for logs.
     node: String,
+    /// What the transport proves about the client: what the policy decides for.
+    peer: Peer,
+    /// Resolves when the policy's decisions may have changed.
+    policy_changed: BoxFuture<'static, ()>,
     /// NACK logging, at most one WARN line per `Limits::nack_log_interval`.
     nack_log: NackLog,
     /// Resolves on [`SdsService::shutdown`].
@@ -71,12 +82,13 @@ struct NackLog {
 }
 
 impl<P: Protocol, I: Inbound<P::Request>> Pump<P, I> {
-    /// A pump for one stream; its subscriptions also count against `connection`, the budget
-    /// of the connection it came on, if known.
+    /// A pump for one stream from `peer`; its subscriptions also count against `connection`,
+    /// the budget of the connection it came on, if known.
     pub(crate) fn new(
         inner: Arc<Inner>,
         inbound: I,
         connection: Option<Arc<ConnectionBudget>>,
+        peer: Peer,
     ) -> Self {
         let session = P::new(inner.stream_limits());
         inner
@@ -87,14 +99,19 @@ impl<P: Protocol, I: Inbound<P::Request>> Pump<P, I> {
             inner: Arc::clone(&inner),
             connection,
             map: BTreeMap::new(),
+            decided: BTreeMap::new(),
         };
         let shutdown = inner.shutdown.signal();
+        // Armed before the first decision: a change from then on is seen.
+        let policy_changed = inner.policy.changed();
         Self {
             inner,
             inbound,
             session,
             watches,
             node: String::new(),
+            peer,
+            policy_changed,
             nack_log: NackLog::default(),
             shutdown,
         }
@@ -122,7 +139,7 @@ impl<P: Protocol, I: Inbound<P::Request>> Pump<P, I> {
             let skip_node = !self.node.is_empty();
             let response = tokio::select! {
                 message = self.inbound.message(skip_node) => match message {
-                    Ok(Some(req)) => match self.on_request(&req) {
+                    Ok(Some(req)) => match self.on_request(&req).await {
                         Ok(response) => response,
                         Err(status) => return Some(Err(status)),
                     },
@@ -147,9 +164,16 @@ impl<P: Protocol, I: Inbound<P::Request>> Pump<P, I> {
                 }
                 () = self.watches.changed() => {
                     // The session ignores values it already has.
-                    for (name, watch) in self.watches.map.iter_mut() {
-                        self.session.on_change(name, watch.current());
+                    for (name, watched) in self.watches.map.iter_mut() {
+                        if let Watched::Granted(watch) = watched {
+                            self.session.on_change(name, watch.current());
+                        }
                     }
+                    self.session.take_response()
+                }
+                () = &mut self.policy_changed => {
+                    self.policy_changed = self.inner.policy.changed();
+                    self.decide_again().await;
                     self.session.take_response()
                 }
             };
@@ -164,12 +188,13 @@ impl<P: Protocol, I: Inbound<P::Request>> Pump<P, I> {
         }
     }
 
-    fn on_request(&mut self, req: &P::Request) -> Result<Option<P::Response>, Status> {
+    async fn on_request(&mut self, req: &P::Request) -> Result<Option<P::Response>, Status> {
         if self.node.is_empty()
             && let Some(id) = P::node_id(req).filter(|id| !id.is_empty())
         {
             self.node = Untrusted::new(id, SHOWN_CHARS).to_string();
         }
+        self.decide_new(P::requested(req)).await;
         let (ack, response) = match self.session.on_request(req, &mut self.watches) {
             Ok(answer) => answer,
             Err(refusal) => {
@@ -206,6 +231,75 @@ impl<P: Protocol, I: Inbound<P::Request>> Pump<P, I> {
             } => self.on_nack(&nonce, &version, &rejection),
         }
         Ok(response)
+    }
+
+    /// Asks the policy about each name of `requested` this stream does not hold yet, for the
+    /// session's subscriptions to use. Names that the session will refuse anyway (over the
+    /// stream's limits, invalid) are not asked about.
+    async fn decide_new(&mut self, requested: &[String]) {
+        self.watches.decided.clear();
+        let Ok(names) = parse_names(requested, &self.inner.stream_limits()) else {
+            return;
+        };
+        for name in names {
+            if self.watches.map.contains_key(&name) {
+                continue;
+            }
+            let decision = decide(&*self.inner.policy, &self.peer, &name).await;
+            if let Decision::Deny(reason) = &decision {
+                self.on_denied(&name, reason, "denied by the policy; not sending it");
+            }
+            self.watches.decided.insert(name, decision);
+        }
+    }
+
+    /// Asks the policy again about every name this stream holds, after it changed: a name no
+    /// longer allowed is no longer watched (nothing more is pushed), a name now allowed is
+    /// watched and sent.
+    async fn decide_again(&mut self) {
+        let names: Vec<SecretName> = self.watches.map.keys().cloned().collect();
+        for name in names {
+            let decision = decide(&*self.inner.policy, &self.peer, &name).await;
+            let Some(watched) = self.watches.map.get_mut(&name) else {
+                continue;
+            };
+            match (&*watched, decision) {
+                (Watched::Granted(_), Decision::Deny(reason)) => {
+                    *watched = Watched::Denied;
+                    self.on_denied(
+                        &name,
+                        &reason,
+                        "no longer allowed by the policy; not sending it any more",
+                    );
+                }
+                (Watched::Denied, Decision::Allow) => {
+                    let mut watch = self.inner.reader.watch(&source_name(&name));
+                    let current = watch.current();
+                    *watched = Watched::Granted(watch);
+                    tracing::info!(
+                        node = %self.node, peer = %self.peer, secret = %name,
+                        "now allowed by the policy; sending it"
+                    );
+                    self.session.on_change(&name, current);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Counts and logs a denial: at WARN within the server-wide bound, else at DEBUG.
+    fn on_denied(&self, name: &SecretName, reason: &str, what: &'static str) {
+        self.inner.counters.denied.fetch_add(1, Ordering::Relaxed);
+        let reason = Untrusted::new(reason, 4 * SHOWN_CHARS);
+        match self.inner.warnings.allow() {
+            Some(suppressed) => tracing::warn!(
+                node = %self.node, peer = %self.peer, secret = %name, %reason,
+                suppressed_since_last = suppressed, "{what}"
+            ),
+            None => tracing::debug!(
+                node = %self.node, peer = %self.peer, secret = %name, %reason, "{what}"
+            ),
+        }
     }
 
     /// Counts a NACK and logs it: at WARN at most once per `nack_log_interval` on this
@@ -269,6 +363,10 @@ impl Protocol for Sotw {
         req.node.as_ref().map(|n| n.id.as_str())
     }
 
+    fn requested(req: &DiscoveryRequest) -> &[String] {
+        &req.resource_names
+    }
+
     fn on_request(
         &mut self,
         req: &DiscoveryRequest,
@@ -313,6 +411,10 @@ impl Protocol for Delta {
         req.node.as_ref().map(|n| n.id.as_str())
     }
 
+    fn requested(req: &DeltaDiscoveryRequest) -> &[String] {
+        &req.resource_names_subscribe
+    }
+
     fn on_request(
         &mut self,
         req: &DeltaDiscoveryRequest,
@@ -350,17 +452,44 @@ impl Protocol for Delta {
     }
 }
 
-/// The secrets one stream watches, counted against the server's [`Budget`].
+/// Whether `peer` may have the secret a stream asks for as `requested`: the policy decides
+/// for the credential served (`NAME` for `sds://NAME`); a name `<name>-cacert` is also allowed
+/// when `<name>` is.
+pub(crate) async fn decide(policy: &dyn Policy, peer: &Peer, requested: &SecretName) -> Decision {
+    let name = source_name(requested);
+    let decision = policy.decide(peer, &name).await;
+    if decision.is_allowed() {
+        return decision;
+    }
+    match name.strip_cacert() {
+        Some(credential) if policy.decide(peer, &credential).await.is_allowed() => Decision::Allow,
+        _ => decision,
+    }
+}
+
+/// The secrets one stream subscribes to, counted against the server's [`Budget`]: watched
+/// when the policy allows them, held without a watch when it denies them.
 struct Watches {
     inner: Arc<Inner>,
     /// The budget of the stream's connection, if known.
     connection: Option<Arc<ConnectionBudget>>,
-    map: BTreeMap<SecretName, SecretWatch>,
+    map: BTreeMap<SecretName, Watched>,
+    /// The policy's decisions about the names of the request being handled that are not
+    /// subscribed yet.
+    decided: BTreeMap<SecretName, Decision>,
+}
+
+/// One subscribed name.
+enum Watched {
+    /// Allowed: its changes are pushed.
+    Granted(SecretWatch),
+    /// Denied: never sent.
+    Denied,
 }
 
 impl Subscriptions for Watches {
     fn subscribe(&mut self, name: &SecretName) -> Result<Option<Arc<Secret>>, Refusal> {
-        let watch = match self.map.entry(name.clone()) {
+        let watched = match self.map.entry(name.clone()) {
             std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
             std::collections::btree_map::Entry::Vacant(entry) => {
                 let len = name.as_str().len();
@@ -376,10 +505,21 @@ impl Subscriptions for Watches {
                     }
                     return Err(Refusal::ServerFull(exceeded));
                 }
-                entry.insert(self.inner.reader.watch(&source_name(name)))
+                // Every name of a request was decided before the session saw it; a name that
+                // was not (none) is denied.
+                let watched = match self.decided.remove(name) {
+                    Some(Decision::Allow) => {
+                        Watched::Granted(self.inner.reader.watch(&source_name(name)))
+                    }
+                    _ => Watched::Denied,
+                };
+                entry.insert(watched)
             }
         };
-        Ok(watch.current())
+        Ok(match watched {
+            Watched::Granted(watch) => watch.current(),
+            Watched::Denied => None,
+        })
     }
 
     fn unsubscribe(&mut self, name: &SecretName) {
@@ -410,28 +550,33 @@ impl Watches {
     /// Waits until at least one watched secret changed; read them with
     /// [`SecretWatch::current`].
     async fn changed(&mut self) {
-        match self.map.len() {
-            0 => future::pending().await,
-            1 => {
-                let Some(watch) = self.map.values_mut().next() else {
-                    return;
-                };
+        let mut granted = self.map.values_mut().filter_map(|watched| match watched {
+            Watched::Granted(watch) => Some(watch),
+            Watched::Denied => None,
+        });
+        match (granted.next(), granted.next()) {
+            (None, _) => future::pending().await,
+            // The common case (Envoy opens one stream per secret): no allocation.
+            (Some(watch), None) => {
                 if watch.changed().await.is_err() {
-                    // The publisher is gone: nothing will ever change again.
                     future::pending::<()>().await;
                 }
             }
-            _ => {
-                let waits = self.map.values_mut().map(|w| {
-                    async move {
-                        if w.changed().await.is_err() {
-                            future::pending::<()>().await;
-                        }
-                    }
-                    .boxed()
-                });
+            (Some(first), Some(second)) => {
+                let waits = [first, second].into_iter().chain(granted).map(wait);
                 future::select_all(waits).await;
             }
         }
     }
+}
+
+/// Resolves when `watch` changed; never when its publisher is gone (nothing will ever change
+/// again).
+fn wait(watch: &mut SecretWatch) -> BoxFuture<'_, ()> {
+    async move {
+        if watch.changed().await.is_err() {
+            future::pending::<()>().await;
+        }
+    }
+    .boxed()
 }

@@ -187,12 +187,13 @@ where
         return status.into_http();
     }
     let connection = connections::budget(request.extensions());
+    let peer = connections::peer(request.extensions());
     let pending = connection
         .clone()
         .map(|budget| Pending::new(budget, inner.limits.pending_bytes_per_connection));
     let max_kept = inner.limits.max_kept_per_request();
     let inbound = Requests::<P::Request>::new(Body::new(request.into_body()), max_kept, pending);
-    let frames = Pump::<P, _>::new(Arc::clone(inner), inbound, connection).run();
+    let frames = Pump::<P, _>::new(Arc::clone(inner), inbound, connection, peer).run();
     let mut response = http::Response::new(Body::new(Frames::new(frames)));
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,

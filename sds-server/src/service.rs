@@ -16,6 +16,7 @@ use crate::{
     Limits,
     encode::Encoder,
     limits::Budget,
+    policy::{Policy, UnixPeers},
     session::{Refusal, StreamLimits},
     shutdown::Shutdown,
     status,
@@ -43,6 +44,8 @@ pub(crate) struct Inner {
     pub(crate) shutdown: Arc<Shutdown>,
     /// The WARN lines clients cause, bounded server-wide.
     pub(crate) warnings: Warnings,
+    /// Who may have which secret.
+    pub(crate) policy: Arc<dyn Policy>,
 }
 
 #[derive(Default)]
@@ -52,6 +55,7 @@ pub(crate) struct Counters {
     pub(crate) responses: AtomicU64,
     pub(crate) nacks: AtomicU64,
     pub(crate) refused: AtomicU64,
+    pub(crate) denied: AtomicU64,
 }
 
 /// Counters of a running [`SdsService`].
@@ -70,29 +74,43 @@ pub struct Stats {
     pub subscriptions: u64,
     /// Requests refused: invalid names or types, and clients over a [`Limits`] bound.
     pub refused: u64,
+    /// Names denied by the [`Policy`]: once per stream and name (again after the name was
+    /// unsubscribed, or allowed in between), and once per name of a denied fetch.
+    pub denied: u64,
+}
+
+/// Builds an [`SdsService`] with a [`Policy`] and [`Limits`] of your choice; see
+/// [`SdsService::builder`].
+#[derive(Clone)]
+pub struct Builder {
+    reader: Reader,
+    limits: Limits,
+    policy: Arc<dyn Policy>,
 }
 
 // === impl SdsService ===
 
 impl SdsService {
-    /// Serves the snapshots published to `reader`, with the default [`Limits`]. Streams wait
-    /// for the first snapshot.
+    /// Serves the snapshots published to `reader`, with the default [`Limits`], to the
+    /// server's own user and root on a Unix socket only ([`UnixPeers::same_user`]): choose who
+    /// may have which secret with [`SdsService::builder`]. Streams wait for the first snapshot.
     pub fn new(reader: Reader) -> Self {
-        Self::with_limits(reader, Limits::default())
+        Self::builder(reader).build()
     }
 
-    /// Serves the snapshots published to `reader`, holding every client to `limits`.
+    /// Serves the snapshots published to `reader`, holding every client to `limits`, to the
+    /// server's own user and root on a Unix socket only (see [`SdsService::new`]).
     pub fn with_limits(reader: Reader, limits: Limits) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                reader,
-                encoder: Encoder::default(),
-                counters: Counters::default(),
-                limits,
-                budget: Budget::default(),
-                shutdown: Arc::default(),
-                warnings: Warnings::default(),
-            }),
+        Self::builder(reader).limits(limits).build()
+    }
+
+    /// A service over `reader` to configure: [`Builder::policy`] (default
+    /// [`UnixPeers::same_user`]), [`Builder::limits`] (default [`Limits::default`]).
+    pub fn builder(reader: Reader) -> Builder {
+        Builder {
+            reader,
+            limits: Limits::default(),
+            policy: Arc::new(UnixPeers::same_user()),
         }
     }
 
@@ -123,6 +141,7 @@ impl SdsService {
             nacks: c.nacks.load(Ordering::Relaxed),
             subscriptions: self.inner.budget.names() as u64,
             refused: c.refused.load(Ordering::Relaxed),
+            denied: c.denied.load(Ordering::Relaxed),
         }
     }
 }
@@ -133,6 +152,46 @@ impl fmt::Debug for SdsService {
             .field("reader", &self.inner.reader)
             .field("stats", &self.stats())
             .finish()
+    }
+}
+
+// === impl Builder ===
+
+impl Builder {
+    /// Who may have which secret (see [`policy`](crate::policy)).
+    pub fn policy(mut self, policy: impl Policy) -> Self {
+        self.policy = Arc::new(policy);
+        self
+    }
+
+    /// The bounds every client is held to.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The service.
+    pub fn build(self) -> SdsService {
+        SdsService {
+            inner: Arc::new(Inner {
+                reader: self.reader,
+                encoder: Encoder::default(),
+                counters: Counters::default(),
+                limits: self.limits,
+                budget: Budget::default(),
+                shutdown: Arc::default(),
+                warnings: Warnings::default(),
+                policy: self.policy,
+            }),
+        }
+    }
+}
+
+impl fmt::Debug for Builder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
     }
 }
 

@@ -7,7 +7,7 @@ use sds_proto::envoy::service::{
     discovery::v3::DiscoveryRequest,
     secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient,
 };
-use sds_server::SdsService;
+use sds_server::{SdsService, policy::AllowAnyPeer};
 
 mod support;
 
@@ -32,7 +32,9 @@ fn open_descriptors() -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accept_pauses_at_the_descriptor_limit_and_recovers() {
-    let sds = SdsService::new(support::reader(support::credentials(&["a"])).await);
+    let sds = SdsService::builder(support::reader(support::credentials(&["a"])).await)
+        .policy(AllowAnyPeer)
+        .build();
     let addr = support::serve(&sds, Default::default()).await;
 
     let stat = std::fs::File::open("/proc/self/stat").expect("stat");

@@ -12,7 +12,7 @@ use prost::{
     encoding::{WireType, encode_key, encode_varint},
 };
 use sds_core::{CertifiedKey, Input, SecretName, UnixTime, Update};
-use sds_server::SdsService;
+use sds_server::{SdsService, policy::AllowAnyPeer};
 use sds_test_util::certs::{Ca, KeyKind, Validity};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream, UnboundedReceiverStream};
@@ -271,7 +271,7 @@ async fn every_stream_gets_every_rotation_once_with_one_encode_per_version() {
     let (mut reader, driver) = sds_core::publish(sds_core::from_stream(ReceiverStream::new(rx)));
     tokio::spawn(driver);
     reader.ready().await.expect("first snapshot");
-    let sds = SdsService::new(reader);
+    let sds = SdsService::builder(reader).policy(AllowAnyPeer).build();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

@@ -10,7 +10,7 @@ use sds_proto::envoy::{
         secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient,
     },
 };
-use sds_server::SdsService;
+use sds_server::{SdsService, policy::AllowAnyPeer};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::transport::Channel;
@@ -57,7 +57,7 @@ async fn start(initial: Update) -> Harness {
     let (mut reader, driver) = sds_core::publish(sds_core::from_stream(ReceiverStream::new(rx)));
     tokio::spawn(driver);
     reader.ready().await.expect("first snapshot");
-    let sds = SdsService::new(reader);
+    let sds = SdsService::builder(reader).policy(AllowAnyPeer).build();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

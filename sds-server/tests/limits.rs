@@ -10,7 +10,7 @@ use sds_proto::envoy::{
         secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient,
     },
 };
-use sds_server::{Limits, SdsService, connections};
+use sds_server::{Limits, SdsService, connections, policy::AllowAnyPeer};
 use sds_test_util::logs::Captured;
 use tokio::{io::AsyncReadExt as _, sync::mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -31,7 +31,10 @@ struct Harness {
 }
 
 async fn start(limits: Limits, guard: connections::ConnectionLimits) -> Harness {
-    let sds = SdsService::with_limits(support::reader(support::credentials(&["a"])).await, limits);
+    let sds = SdsService::builder(support::reader(support::credentials(&["a"])).await)
+        .limits(limits)
+        .policy(AllowAnyPeer)
+        .build();
     let addr = support::serve(&sds, guard).await;
     Harness {
         addr,

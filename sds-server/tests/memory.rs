@@ -8,7 +8,7 @@ use std::{alloc::System, net::SocketAddr, time::Duration};
 use prost::Message;
 use sds_core::Update;
 use sds_proto::envoy::service::discovery::v3::DiscoveryRequest;
-use sds_server::SdsService;
+use sds_server::{SdsService, policy::AllowAnyPeer};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 
 #[global_allocator]
@@ -72,7 +72,9 @@ async fn live_bytes_for(
 
 #[tokio::test]
 async fn a_subscribed_name_costs_a_bounded_number_of_bytes() {
-    let sds = SdsService::new(support::reader(Update::new()).await);
+    let sds = SdsService::builder(support::reader(Update::new()).await)
+        .policy(AllowAnyPeer)
+        .build();
     let addr = support::serve(&sds, Default::default()).await;
     // Warm up whatever is allocated once (the connection machinery, the runtime's timers).
     let _ = live_bytes_for(addr, &sds, 1, 64, "warm").await;

@@ -18,7 +18,10 @@ use std::{
 };
 
 use ring::digest;
-use sds_core::{CertifiedKey, Input, MAX_INPUT_LEN, Secret, SecretName, TrustBundle, UnixTime};
+use sds_core::{
+    CertifiedKey, Input, MAX_INPUT_LEN, Secret, SecretName, TrustBundle, UnixTime,
+    layout::{Key, Served},
+};
 use zeroize::Zeroizing;
 
 use crate::{
@@ -175,7 +178,7 @@ impl Credential {
         };
         Credential {
             dir: Err(kind),
-            seen: [Probed::Absent; 8],
+            seen: [Probed::Absent; Key::ALL.len()],
             recent: false,
             pair: None,
             ca: None,
@@ -215,19 +218,10 @@ impl Credential {
 
 /// The secrets of one credential directory: `<name>` and `<name>-cacert`, each if present.
 fn parts(name: &SecretName, pair: Option<&Parsed>, ca: Option<&Parsed>) -> Vec<Part> {
-    let mut parts = Vec::with_capacity(2);
-    if let Some(pair) = pair {
-        parts.push((name.clone(), pair.result.clone()));
-    }
-    if let Some(ca) = ca {
-        // A directory holding only a CA is a validation context under its own name too, as
-        // a Kubernetes Secret holding only a CA is (Istio's CA-only credentials).
-        if pair.is_none() {
-            parts.push((name.clone(), ca.result.clone()));
-        }
-        parts.push((name.cacert(), ca.result.clone()));
-    }
-    parts
+    let result = |parsed: &Parsed| parsed.result.clone();
+    Served::new(pair.map(result), ca.map(result))
+        .named(name)
+        .collect()
 }
 
 /// Whether two reads give the same secrets and the same rejections.
@@ -278,14 +272,29 @@ fn pair_part(
     previous: Option<&Parsed>,
     work: &mut Work,
 ) -> Parsed {
-    let read = |pair: Pair| Ok::<_, Problem>((read(&pair.cert)?, read(&pair.key)?, pair));
-    let (chain, key, pair) = match pair.and_then(read) {
+    let read = |pair: Pair| {
+        let staple = match &pair.ocsp_staple {
+            Some(path) => Some((layout::location(path), read(path)?)),
+            None => None,
+        };
+        Ok::<_, Problem>((read(&pair.cert)?, read(&pair.key)?, staple, pair))
+    };
+    let (chain, key, staple, pair) = match pair.and_then(read) {
         Ok(inputs) => inputs,
         Err(problem) => return Parsed::problem(problem.into_error(name)),
     };
     let (chain_location, key_location) =
         (layout::location(&pair.cert), layout::location(&pair.key));
-    let digest = digest(b"pair", &[(&chain_location, &chain), (&key_location, &key)]);
+    let mut inputs = vec![
+        (chain_location.as_str(), &chain[..]),
+        (key_location.as_str(), &key[..]),
+    ];
+    inputs.extend(
+        staple
+            .as_ref()
+            .map(|(location, bytes)| (location.as_str(), &bytes[..])),
+    );
+    let digest = digest(b"pair", &inputs);
     if let Some(previous) = Parsed::reusable(previous, digest) {
         return previous;
     }
@@ -295,7 +304,11 @@ fn pair_part(
         Input::new(&chain_location, &chain),
         Input::new(&key_location, &key),
         now,
-    );
+    )
+    .and_then(|certified| match &staple {
+        Some((location, bytes)) => certified.with_ocsp_staple(name, Input::new(location, bytes)),
+        None => Ok(certified),
+    });
     Parsed {
         digest: Some(digest),
         result: result.map(|certified| Arc::new(certified.into())),

@@ -9,25 +9,16 @@ use std::{
     sync::Arc,
 };
 
-use sds_core::{ErrorKind, MAX_INPUT_LEN, SecretName, Untrusted};
+use sds_core::{
+    ErrorKind, MAX_INPUT_LEN, SecretName, Untrusted,
+    layout::{self as core, Incomplete, Key, Presence},
+};
 
 use crate::stamp::Stamp;
 
-/// Certificate chain and private key file names, as pairs, generic (Istio) first.
-const PAIRS: [(&str, &str); 2] = [("cert", "key"), ("tls.crt", "tls.key")];
-/// CA certificate file names, generic first.
-const CA: [&str; 2] = ["cacert", "ca.crt"];
-/// CRL file names, generic first.
-const CRL: [&str; 2] = ["crl", "ca.crl"];
-/// Every known file name: the pairs, then the CA files, then the CRLs.
-const NAMES: [&str; 8] = [
-    PAIRS[0].0, PAIRS[0].1, PAIRS[1].0, PAIRS[1].1, CA[0], CA[1], CRL[0], CRL[1],
-];
-/// How a CRL without a CA is reported.
-const CA_EITHER: &str = "cacert or ca.crt";
 /// Why a directory without any of the names above is not a credential.
-pub(crate) const NO_KNOWN_FILE: &str =
-    "it holds none of the known files (cert, key, tls.crt, tls.key, cacert, ca.crt, crl, ca.crl)";
+pub(crate) const NO_KNOWN_FILE: &str = "it holds none of the known files (cert, key, tls.crt, \
+     tls.key, cacert, ca.crt, crl, ca.crl, tls.ocsp-staple)";
 
 /// What one credential directory holds, after precedence: each part is absent (`None`), files
 /// to read, or a problem that rejects the part's secret.
@@ -44,7 +35,7 @@ pub(crate) struct Layout {
 
 /// What a look at the known file names of a directory saw, name by name: compared between
 /// reloads to tell whether the directory must be read again.
-pub(crate) type Seen = [Probed; NAMES.len()];
+pub(crate) type Seen = [Probed; Key::ALL.len()];
 
 /// What looking up one known file name saw.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,11 +48,12 @@ pub(crate) enum Probed {
     Failed(io::ErrorKind),
 }
 
-/// The files of a certificate chain and its private key.
+/// The files of a certificate chain, its private key and its optional OCSP staple.
 #[derive(Debug)]
 pub(crate) struct Pair {
     pub(crate) cert: PathBuf,
     pub(crate) key: PathBuf,
+    pub(crate) ocsp_staple: Option<PathBuf>,
 }
 
 /// The files of a CA bundle and its optional CRL.
@@ -80,24 +72,22 @@ pub(crate) enum Problem {
     /// A file is larger than [`sds_core::MAX_INPUT_LEN`].
     TooLarge { path: PathBuf, len: u64 },
     /// One file of a pair without the other: a chain without its key, a CRL without a CA.
-    Unpaired {
-        found: PathBuf,
-        missing: &'static str,
-    },
+    Unpaired { found: PathBuf, missing: String },
 }
 
 // === impl Layout ===
 
 impl Layout {
     /// Looks up the known file names in `dir`, following symlinks (kubelet's `..data`), and
-    /// returns what it found with what it saw. Blocking.
+    /// returns what it found with what it saw. Which files win is `sds_core`'s
+    /// [`Layout`](core::Layout), as for a Kubernetes Secret with the same keys. Blocking.
     pub(crate) fn probe(dir: &Path) -> (Self, Seen) {
-        let probes = NAMES.map(|file| probe(dir, file));
+        let mut probes = Key::ALL.map(|key| probe(dir, key.name()));
         let seen = probes.each_ref().map(Probe::seen);
         let present = probes
             .iter()
             .filter_map(|p| match p {
-                Probe::Present(path, _) => Some(path.clone()),
+                Probe::Present { path, .. } => Some(path.clone()),
                 _ => None,
             })
             .collect();
@@ -117,20 +107,23 @@ impl Layout {
             };
             return (layout, seen);
         }
-        let [cert, key, tls_crt, tls_key, cacert, ca_crt, crl, ca_crl] = probes;
-        let pair = pair([(cert, key), (tls_crt, tls_key)]);
-        let ca = match (first([cacert, ca_crt]), first([crl, ca_crl])) {
-            (None, None) => None,
-            (Some(Err(problem)), _) | (_, Some(Err(problem))) => Some(Err(problem)),
-            (None, Some(Ok(found))) => Some(Err(Problem::Unpaired {
-                found,
-                missing: CA_EITHER,
-            })),
-            (Some(Ok(ca)), crl) => Some(Ok(Ca {
-                ca,
-                crl: crl.and_then(Result::ok),
-            })),
-        };
+        let core::Layout { pair, ca } = core::Layout::of(|key| probes[key.index()].presence());
+        let mut take = |key: Key| std::mem::replace(&mut probes[key.index()], Probe::Taken);
+        let pair = pair.map(|pair| {
+            let keys = pair.map_err(|incomplete| Problem::incomplete(incomplete, &mut take))?;
+            Ok(Pair {
+                cert: take(keys.chain).into_path(dir),
+                key: take(keys.key).into_path(dir),
+                ocsp_staple: keys.ocsp_staple.map(|key| take(key).into_path(dir)),
+            })
+        });
+        let ca = ca.map(|ca| {
+            let keys = ca.map_err(|incomplete| Problem::incomplete(incomplete, &mut take))?;
+            Ok(Ca {
+                ca: take(keys.ca).into_path(dir),
+                crl: keys.crl.map(|key| take(key).into_path(dir)),
+            })
+        });
         (Self { pair, ca, present }, seen)
     }
 }
@@ -139,14 +132,25 @@ impl Layout {
 #[derive(Debug)]
 enum Probe {
     Absent,
-    Present(PathBuf, Stamp),
+    Present {
+        path: PathBuf,
+        stamp: Stamp,
+        empty: bool,
+    },
     Failed(PathBuf, io::Error),
+    /// Already moved out, into the layout.
+    Taken,
 }
 
 fn probe(dir: &Path, file: &str) -> Probe {
     let path = dir.join(file);
     match fs::metadata(&path) {
-        Ok(metadata) => Probe::Present(path, Stamp::of(&metadata)),
+        Ok(metadata) => Probe::Present {
+            stamp: Stamp::of(&metadata),
+            // Anything but an empty regular file is read, and refused if it cannot be.
+            empty: metadata.is_file() && metadata.len() == 0,
+            path,
+        },
         Err(e) if e.kind() == io::ErrorKind::NotFound => Probe::Absent,
         Err(e) => Probe::Failed(path, e),
     }
@@ -157,50 +161,56 @@ fn probe(dir: &Path, file: &str) -> Probe {
 impl Probe {
     fn seen(&self) -> Probed {
         match self {
-            Probe::Absent => Probed::Absent,
-            Probe::Present(_, stamp) => Probed::Present(*stamp),
+            Probe::Absent | Probe::Taken => Probed::Absent,
+            Probe::Present { stamp, .. } => Probed::Present(*stamp),
             Probe::Failed(_, e) => Probed::Failed(e.kind()),
+        }
+    }
+
+    fn presence(&self) -> Presence {
+        match self {
+            Probe::Absent | Probe::Taken => Presence::Absent,
+            Probe::Present { empty: true, .. } => Presence::Empty,
+            Probe::Present { empty: false, .. } => Presence::NonEmpty,
+            Probe::Failed(..) => Presence::Unknown,
         }
     }
 
     fn is_permission_denied(&self) -> bool {
         matches!(self, Probe::Failed(_, e) if e.kind() == io::ErrorKind::PermissionDenied)
     }
-}
 
-/// The first file present in precedence order, or the problem that hides it.
-fn first<const N: usize>(probes: [Probe; N]) -> Option<Result<PathBuf, Problem>> {
-    probes.into_iter().find_map(|p| match p {
-        Probe::Absent => None,
-        Probe::Present(path, _) => Some(Ok(path)),
-        Probe::Failed(path, source) => Some(Err(Problem::Unreadable { path, source })),
-    })
-}
-
-/// The first complete pair in precedence order. A file that cannot be looked up before that
-/// rejects the pair (it might have completed the winning pair); without a complete pair, a lone
-/// file is reported with its missing partner.
-fn pair(probes: [(Probe, Probe); 2]) -> Option<Result<Pair, Problem>> {
-    let mut lone = None;
-    for ((cert, key), (cert_name, key_name)) in probes.into_iter().zip(PAIRS) {
-        match (cert, key) {
-            (Probe::Failed(path, source), _) | (_, Probe::Failed(path, source)) => {
-                return Some(Err(Problem::Unreadable { path, source }));
-            }
-            (Probe::Present(cert, _), Probe::Present(key, _)) => {
-                return Some(Ok(Pair { cert, key }));
-            }
-            (Probe::Present(found, _), Probe::Absent) => lone = lone.or(Some((found, key_name))),
-            (Probe::Absent, Probe::Present(found, _)) => lone = lone.or(Some((found, cert_name))),
-            (Probe::Absent, Probe::Absent) => {}
+    /// The file's path. The layout only picks files it saw, so `dir` is a fallback that is
+    /// never taken.
+    fn into_path(self, dir: &Path) -> PathBuf {
+        match self {
+            Probe::Present { path, .. } | Probe::Failed(path, _) => path,
+            Probe::Absent | Probe::Taken => dir.to_owned(),
         }
     }
-    lone.map(|(found, missing)| Err(Problem::Unpaired { found, missing }))
 }
 
 // === impl Problem ===
 
 impl Problem {
+    /// The problem of a part that [`core::Layout`] found incomplete; `take` gives the probe of
+    /// a key.
+    fn incomplete(incomplete: Incomplete, take: &mut impl FnMut(Key) -> Probe) -> Problem {
+        match incomplete {
+            Incomplete::Unknown(key) => match take(key) {
+                Probe::Failed(path, source) => Problem::Unreadable { path, source },
+                other => Problem::Unreadable {
+                    path: other.into_path(Path::new(key.name())),
+                    source: io::Error::other("the file could not be looked up"),
+                },
+            },
+            missing => Problem::Unpaired {
+                missing: missing.missing_names(|key| key.name().to_owned()),
+                found: take(missing.key()).into_path(Path::new(missing.key().name())),
+            },
+        }
+    }
+
     /// The rejection of `credential` this problem causes.
     pub(crate) fn into_error(self, credential: &SecretName) -> sds_core::Error {
         let credential = credential.clone();
@@ -221,7 +231,7 @@ impl Problem {
                 },
             ),
             Problem::Unpaired { found, missing } => {
-                sds_core::Error::missing_input(credential, location(&found), missing.to_string())
+                sds_core::Error::missing_input(credential, location(&found), missing)
             }
         }
     }

@@ -35,9 +35,14 @@
 //! | `cert` + `key`, or `tls.crt` + `tls.key` | `<name>`: a certificate chain (leaf first) and its private key |
 //! | `cacert`, or `ca.crt` | `<name>-cacert`: CA certificates that verify peers |
 //! | `crl`, or `ca.crl` | attached to `<name>-cacert`: certificate revocation lists |
+//! | `tls.ocsp-staple` | attached to `<name>`: a DER OCSP response for the leaf, which Envoy staples |
 //!
-//! - Precedence is Istio's: a complete `cert` + `key` pair wins over `tls.crt` + `tls.key`,
-//!   `cacert` over `ca.crt`, and `crl` over `ca.crl`. Other files are not read.
+//! - Which files win is written once, in [`sds_core::layout`], for directories and Kubernetes
+//!   Secrets alike, so a Secret mounted as a volume gives what the Secret gives through the
+//!   API: a complete, non-empty `cert` + `key` pair wins over `tls.crt` + `tls.key`, and an
+//!   empty file loses to a non-empty one (`cacert` wins over `ca.crt` likewise); the CRL that
+//!   goes with the CA wins (`crl` with `cacert`, `ca.crl` with `ca.crt`), else the other is
+//!   taken; an empty `tls.ocsp-staple` is no staple. Other files are not read.
 //! - A directory with only CA files is a validation context alone, served as `<name>-cacert`
 //!   and as `<name>` (as a Kubernetes Secret holding only a CA is).
 //! - Problems reject the secret they concern, with a reason that names the file: a chain without

@@ -7,21 +7,11 @@ use std::{collections::BTreeMap, fmt};
 
 use k8s_openapi::{ByteString, api::core::v1::Secret as KubeSecret};
 use ring::digest;
-use sds_core::Untrusted;
+use sds_core::{
+    Untrusted,
+    layout::{Key, Layout, Presence},
+};
 use zeroize::Zeroizing;
-
-/// Every key this source reads, in this order: generic (Istio) keys before `kubernetes.io/tls`
-/// keys within each part.
-const KEYS: [&str; 8] = [
-    "cert", "key", "tls.crt", "tls.key", "cacert", "ca.crt", "crl", "ca.crl",
-];
-
-/// Certificate chain and private key, as pairs of indexes into [`KEYS`], generic first.
-const PAIRS: [(usize, usize); 2] = [(0, 1), (2, 3)];
-/// CA certificates, generic first.
-const CA: [usize; 2] = [4, 5];
-/// CRLs, generic first.
-const CRL: [usize; 2] = [6, 7];
 
 /// How many key names a "found: …" list shows before "and N more".
 const LISTED_KEYS: usize = 10;
@@ -72,7 +62,7 @@ impl fmt::Display for SecretId {
 /// drop), its resourceVersion and a digest of those bytes. Everything else (other keys, labels,
 /// annotations, managed fields) is dropped as soon as the object is decoded.
 pub(crate) struct Keys {
-    values: [Option<Zeroizing<Vec<u8>>>; 8],
+    values: [Option<Zeroizing<Vec<u8>>>; Key::ALL.len()],
     resource_version: Option<Box<str>>,
     digest: digest::Digest,
     /// The names of all the Secret's keys, kept only when a part is incomplete (for the
@@ -115,11 +105,12 @@ impl Keys {
         mut data: BTreeMap<String, ByteString>,
         resource_version: Option<String>,
     ) -> Option<Keys> {
-        let values = KEYS.map(|key| {
-            data.remove(key)
+        let values = Key::ALL.map(|key| {
+            data.remove(key.name())
                 .map(|ByteString(bytes)| Zeroizing::new(bytes))
         });
-        if values.iter().all(Option::is_none) {
+        let layout = Layout::of(|key| presence(values[key.index()].as_deref()));
+        if layout.is_empty() {
             return None;
         }
         let mut context = digest::Context::new(&digest::SHA256);
@@ -139,7 +130,6 @@ impl Keys {
             digest: context.finish(),
             found: None,
         };
-        let layout = keys.layout();
         let incomplete = matches!(layout.pair, Some(Err(_))) || matches!(layout.ca, Some(Err(_)));
         if incomplete {
             let present: Vec<&'static str> = keys.present().collect();
@@ -152,10 +142,11 @@ impl Keys {
 
     /// The names of the credential keys present.
     fn present(&self) -> impl Iterator<Item = &'static str> + '_ {
-        KEYS.iter()
+        Key::ALL
+            .iter()
             .zip(&self.values)
             .filter(|(_, v)| v.is_some())
-            .map(|(k, _)| *k)
+            .map(|(k, _)| k.name())
     }
 
     /// Whether these keys have the same content as `other`'s: the same resourceVersion of the
@@ -174,72 +165,24 @@ impl Keys {
 
     /// The bytes of `key`.
     pub(crate) fn bytes(&self, key: Key) -> &[u8] {
-        self.values[key.0].as_deref().map_or(&[], Vec::as_slice)
+        self.values[key.index()]
+            .as_deref()
+            .map_or(&[], Vec::as_slice)
     }
 
-    /// Which keys make up the certificate pair and the CA, after precedence.
+    /// Which keys make up the certificate pair and the CA, after Istio's precedence (written
+    /// once, in [`sds_core::layout`], for Secrets and credential directories alike).
     pub(crate) fn layout(&self) -> Layout {
-        Layout {
-            pair: self.pair(),
-            ca: self.ca(),
-        }
+        Layout::of(|key| presence(self.values[key.index()].as_deref()))
     }
+}
 
-    fn has(&self, i: usize) -> bool {
-        self.values[i].is_some()
-    }
-
-    fn non_empty(&self, i: usize) -> bool {
-        self.values[i].as_ref().is_some_and(|v| !v.is_empty())
-    }
-
-    /// The first complete non-empty pair; else the first complete pair (reported empty when
-    /// read); else a lone key, reported with its missing partner.
-    fn pair(&self) -> Option<Result<(Key, Key), Incomplete>> {
-        let complete = |non_empty: bool| {
-            PAIRS.iter().find(|(c, k)| {
-                if non_empty {
-                    self.non_empty(*c) && self.non_empty(*k)
-                } else {
-                    self.has(*c) && self.has(*k)
-                }
-            })
-        };
-        if let Some((c, k)) = complete(true).or_else(|| complete(false)) {
-            return Some(Ok((Key(*c), Key(*k))));
-        }
-        PAIRS
-            .iter()
-            .find_map(|(c, k)| match (self.has(*c), self.has(*k)) {
-                (true, false) => Some(Err(Incomplete {
-                    found: Key(*c),
-                    missing: Missing::Key(Key(*k)),
-                })),
-                (false, true) => Some(Err(Incomplete {
-                    found: Key(*k),
-                    missing: Missing::Key(Key(*c)),
-                })),
-                _ => None,
-            })
-    }
-
-    /// The CA key (first non-empty, else first present) and its CRL key, if any. A CRL without
-    /// a CA is incomplete.
-    fn ca(&self) -> Option<Result<(Key, Option<Key>), Incomplete>> {
-        let pick = |keys: [usize; 2]| {
-            keys.iter()
-                .find(|i| self.non_empty(**i))
-                .or_else(|| keys.iter().find(|i| self.has(**i)))
-                .map(|i| Key(*i))
-        };
-        match (pick(CA), pick(CRL)) {
-            (None, None) => None,
-            (None, Some(crl)) => Some(Err(Incomplete {
-                found: crl,
-                missing: Missing::Ca,
-            })),
-            (Some(ca), crl) => Some(Ok((ca, crl))),
-        }
+/// What a Secret's `data` holds for one key.
+fn presence(value: Option<&Vec<u8>>) -> Presence {
+    match value {
+        None => Presence::Absent,
+        Some(bytes) if bytes.is_empty() => Presence::Empty,
+        Some(_) => Presence::NonEmpty,
     }
 }
 
@@ -266,53 +209,6 @@ fn list(names: &[&str]) -> String {
     out
 }
 
-/// One of the credential keys.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Key(usize);
-
-// === impl Key ===
-
-impl Key {
-    /// The key's name in the Secret, e.g. `tls.crt`.
-    pub(crate) fn name(self) -> &'static str {
-        KEYS[self.0]
-    }
-}
-
-/// Which keys of a Secret make up each part, after precedence.
-#[derive(Debug)]
-pub(crate) struct Layout {
-    /// The certificate chain and private key keys, served as `<name>`.
-    pub(crate) pair: Option<Result<(Key, Key), Incomplete>>,
-    /// The CA and CRL keys, served as `<name>-cacert`.
-    pub(crate) ca: Option<Result<(Key, Option<Key>), Incomplete>>,
-}
-
-/// A key present without the key it needs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Incomplete {
-    pub(crate) found: Key,
-    pub(crate) missing: Missing,
-}
-
-/// What an [`Incomplete`] part lacks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Missing {
-    /// The other key of a pair.
-    Key(Key),
-    /// A CA, for a CRL.
-    Ca,
-}
-
-impl fmt::Display for Missing {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Missing::Key(key) => write!(f, "key `{}`", key.name()),
-            Missing::Ca => f.write_str("key `cacert` or `ca.crt`"),
-        }
-    }
-}
-
 /// The location of a key in messages and [`sds_core::Input`]:
 /// ``Secret istio-system/httpbin key `tls.key` ``.
 pub(crate) fn location(id: &SecretId, key: &str) -> String {
@@ -335,96 +231,32 @@ mod tests {
         Keys::take(data, resource_version.map(str::to_owned))
     }
 
-    fn layout(pairs: &[(&str, &str)]) -> (Option<(&'static str, &'static str)>, Option<String>) {
-        let keys = keys(pairs).expect("a credential");
-        let layout = keys.layout();
-        let pair = layout
-            .pair
-            .map(|p| p.map(|(c, k)| (c.name(), k.name())).expect("complete"));
-        let ca = layout.ca.map(|c| {
-            let (ca, crl) = c.expect("complete");
-            format!("{}+{}", ca.name(), crl.map_or("-", Key::name))
-        });
-        (pair, ca)
-    }
-
     #[test]
     fn not_a_credential() {
         assert!(keys(&[]).is_none());
         assert!(keys(&[("username", "u"), ("password", "p"), ("token", "t")]).is_none());
+        // A staple alone is no credential either.
+        assert!(keys(&[("tls.ocsp-staple", "s")]).is_none());
     }
 
     #[test]
-    fn generic_keys_win() {
-        let all = [
-            ("cert", "c"),
-            ("key", "k"),
-            ("tls.crt", "c2"),
-            ("tls.key", "k2"),
-            ("cacert", "a"),
-            ("ca.crt", "a2"),
-            ("crl", "r"),
-            ("ca.crl", "r2"),
-        ];
-        assert_eq!(
-            layout(&all),
-            (Some(("cert", "key")), Some("cacert+crl".to_owned()))
-        );
-        assert_eq!(
-            layout(&all[2..]),
-            (Some(("tls.crt", "tls.key")), Some("cacert+crl".to_owned()))
-        );
-        assert_eq!(
-            layout(&[
-                ("tls.crt", "c"),
-                ("tls.key", "k"),
-                ("ca.crt", "a"),
-                ("ca.crl", "r")
-            ]),
-            (
-                Some(("tls.crt", "tls.key")),
-                Some("ca.crt+ca.crl".to_owned())
-            )
-        );
-    }
-
-    #[test]
-    fn a_complete_non_empty_pair_wins() {
-        // Empty generic keys lose to a complete TLS pair, as in Istio.
-        let l = layout(&[
+    fn empty_keys_tell_the_layout() {
+        // Which keys win is sds_core's layout; this source only tells it what is empty.
+        let keys = keys_of(&[
             ("cert", ""),
             ("key", ""),
             ("tls.crt", "c"),
             ("tls.key", "k"),
         ]);
-        assert_eq!(l.0, Some(("tls.crt", "tls.key")));
-        // A lone generic key does not hide a complete TLS pair.
-        let l = layout(&[("cert", "c"), ("tls.crt", "c"), ("tls.key", "k")]);
-        assert_eq!(l.0, Some(("tls.crt", "tls.key")));
-        // Nothing better: the empty pair is chosen (and reported empty when parsed).
-        let l = layout(&[("cert", ""), ("key", "")]);
-        assert_eq!(l.0, Some(("cert", "key")));
-        let l = layout(&[("cacert", ""), ("ca.crt", "a")]);
-        assert_eq!(l.1.as_deref(), Some("ca.crt+-"));
+        let pair = keys.layout().pair.expect("a pair").expect("complete");
+        assert_eq!((pair.chain, pair.key), (Key::TlsCrt, Key::TlsKey));
     }
 
     #[test]
-    fn incomplete_parts_name_the_missing_key() {
+    fn incomplete_parts_list_the_keys_found() {
         let keys = keys(&[("tls.crt", "c"), ("ca.crt", "a"), ("other", "x")]).expect("credential");
-        let pair = keys.layout().pair.expect("a pair part");
-        let incomplete = pair.expect_err("incomplete");
-        assert_eq!(incomplete.found.name(), "tls.crt");
-        assert_eq!(incomplete.missing.to_string(), "key `tls.key`");
+        assert!(matches!(keys.layout().pair, Some(Err(_))));
         assert_eq!(keys.found(), Some("ca.crt, other, tls.crt"));
-
-        let keys = keys_of(&[("crl", "r")]);
-        let incomplete = keys
-            .layout()
-            .ca
-            .expect("a CA part")
-            .expect_err("incomplete");
-        assert_eq!(incomplete.found.name(), "crl");
-        assert_eq!(incomplete.missing.to_string(), "key `cacert` or `ca.crt`");
     }
 
     fn keys_of(pairs: &[(&str, &str)]) -> Keys {
@@ -437,8 +269,8 @@ mod tests {
         assert_eq!(keys.present().collect::<Vec<_>>(), ["tls.crt", "tls.key"]);
         assert_eq!(keys.found(), None, "complete credentials keep no key list");
         assert_eq!(keys.resource_version.as_deref(), Some("7"));
-        assert_eq!(keys.bytes(Key(2)), b"c");
-        assert_eq!(keys.bytes(Key(0)), b"");
+        assert_eq!(keys.bytes(Key::TlsCrt), b"c");
+        assert_eq!(keys.bytes(Key::Cert), b"");
         let debug = format!("{keys:?}");
         assert!(!debug.contains("SECRET"), "{debug}");
     }

@@ -14,10 +14,14 @@
 //! | `cert` + `key` (generic Secret), or `tls.crt` + `tls.key` (`kubernetes.io/tls`) | a TLS certificate: the chain (leaf first) and its private key |
 //! | `cacert`, or `ca.crt` | a validation context: CA certificates that verify peers |
 //! | `crl`, or `ca.crl` | attached to the validation context: certificate revocation lists |
+//! | `tls.ocsp-staple` | attached to the TLS certificate: a DER OCSP response for the leaf, which Envoy staples |
 //!
-//! - Precedence is Istio's: a complete, non-empty `cert` + `key` pair wins over `tls.crt` +
-//!   `tls.key`; `cacert` wins over `ca.crt`, and `crl` over `ca.crl`. The Secret's `type` does
-//!   not matter. These are also the file names of `sds-source-fs`, with the same precedence.
+//! - Precedence is Istio's, written once in [`sds_core::layout`] for Secrets and credential
+//!   directories alike (a Secret mounted as a volume and read by `sds-source-fs` gives the
+//!   same secrets): a complete, non-empty `cert` + `key` pair wins over `tls.crt` +
+//!   `tls.key`; a non-empty `cacert` wins over `ca.crt`; the CRL that goes with the CA wins
+//!   (`crl` with `cacert`, `ca.crl` with `ca.crt`), else the other is taken (Istio would drop
+//!   it); an empty `tls.ocsp-staple` is no staple. The Secret's `type` does not matter.
 //! - A Secret without any of these keys is not a credential: it is dropped as soon as it is
 //!   decoded, and only its absence is remembered. Of a credential Secret only these keys' bytes
 //!   (zeroized when dropped) and its `resourceVersion` are kept.

@@ -2,9 +2,12 @@
 
 use std::sync::Arc;
 
-use sds_core::{CertifiedKey, Input, Secret, SecretName, TrustBundle, UnixTime};
+use sds_core::{
+    CertifiedKey, Input, Secret, SecretName, TrustBundle, UnixTime,
+    layout::{Incomplete, Key},
+};
 
-use crate::keys::{Incomplete, Key, Keys, SecretId, location};
+use crate::keys::{Keys, SecretId, location};
 
 /// What Istio says a Secret needs, appended to "found … but no …" for a lone pair key.
 const EXPECTED_PAIR: &str = "expected keys (cert and key) or (tls.crt and tls.key)";
@@ -35,19 +38,29 @@ impl Parsed {
     ) -> Self {
         let layout = keys.layout();
         let pair = layout.pair.map(|pair| {
-            let (chain, key) = pair.map_err(|i| incomplete(id, keys, credential, i, true))?;
-            let (chain_location, key_location) =
-                (location(id, chain.name()), location(id, key.name()));
-            let certified = CertifiedKey::from_pem(
+            let pair = pair.map_err(|i| incomplete(id, keys, credential, i, true))?;
+            let (chain_location, key_location) = (
+                location(id, pair.chain.name()),
+                location(id, pair.key.name()),
+            );
+            let mut certified = CertifiedKey::from_pem(
                 credential,
-                Input::new(&chain_location, keys.bytes(chain)),
-                Input::new(&key_location, keys.bytes(key)),
+                Input::new(&chain_location, keys.bytes(pair.chain)),
+                Input::new(&key_location, keys.bytes(pair.key)),
                 now,
             )?;
+            if let Some(staple) = pair.ocsp_staple {
+                let staple_location = location(id, staple.name());
+                certified = certified.with_ocsp_staple(
+                    credential,
+                    Input::new(&staple_location, keys.bytes(staple)),
+                )?;
+            }
             Ok(Arc::new(Secret::from(certified)))
         });
         let ca = layout.ca.map(|ca| {
-            let (ca, crl) = ca.map_err(|i| incomplete(id, keys, cacert, i, false))?;
+            let ca = ca.map_err(|i| incomplete(id, keys, cacert, i, false))?;
+            let (ca, crl) = (ca.ca, ca.crl);
             let ca_location = location(id, ca.name());
             let crl_location = crl.map(|crl: Key| (location(id, crl.name()), crl));
             let bundle = TrustBundle::from_pem(
@@ -81,16 +94,17 @@ fn incomplete(
     incomplete: Incomplete,
     pair: bool,
 ) -> sds_core::Error {
-    let mut missing = incomplete.missing.to_string();
+    let found = incomplete.key();
+    let mut missing = match incomplete {
+        // Every key of a Secret is known: this source never says `Presence::Unknown`.
+        Incomplete::Unknown(_) => "a readable key".to_owned(),
+        missing => format!("key {}", missing.missing_names(|key| format!("`{key}`"))),
+    };
     match (pair, keys.found()) {
         (true, Some(found)) => missing.push_str(&format!(" ({EXPECTED_PAIR}; found: {found})")),
         (true, None) => missing.push_str(&format!(" ({EXPECTED_PAIR})")),
         (false, Some(found)) => missing.push_str(&format!(" (found: {found})")),
         (false, None) => {}
     }
-    sds_core::Error::missing_input(
-        credential.clone(),
-        location(id, incomplete.found.name()),
-        missing,
-    )
+    sds_core::Error::missing_input(credential.clone(), location(id, found.name()), missing)
 }

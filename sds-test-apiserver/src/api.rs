@@ -1,6 +1,7 @@
 //! The HTTP API: routing, authentication and authorization, content negotiation, and the
 //! Secret handlers.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -13,7 +14,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use sds_core::Untrusted;
 use serde_json::{Value, json};
 
-use crate::access::{User, Verb};
+use crate::access::{Identity, Impersonation, Verb};
+use crate::access_review::{self, Kind};
 use crate::body::Body;
 use crate::error::Error;
 use crate::patch::{self, PatchType};
@@ -103,8 +105,13 @@ async fn route(
         "/api" => Some(discovery::api_versions(shared.port())),
         "/api/v1" => Some(discovery::core_v1_resources()),
         "/apis" => Some(discovery::api_groups()),
+        "/apis/authorization.k8s.io" => Some(discovery::authorization_group()),
+        "/apis/authorization.k8s.io/v1" => Some(discovery::authorization_v1_resources()),
         "/openapi/v3" => Some(openapi::openapi_v3_root()),
         "/openapi/v3/api/v1" => Some(openapi::openapi_v3_core_v1(&shared.config.version)),
+        "/openapi/v3/apis/authorization.k8s.io/v1" => {
+            Some(openapi::openapi_v3_authorization_v1(&shared.config.version))
+        }
         "/openapi/v2" if req.method() == Method::GET => {
             let accept = header_str(&req, header::ACCEPT).unwrap_or_default();
             if accept.contains(openapi::V2_PROTOBUF) {
@@ -122,6 +129,30 @@ async fn route(
         return respond(StatusCode::OK, JSON, json::to_vec(&doc));
     }
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let review = match segments.as_slice() {
+        ["apis", "authorization.k8s.io", "v1", "subjectaccessreviews"] => Some(Kind::Subject),
+        [
+            "apis",
+            "authorization.k8s.io",
+            "v1",
+            "selfsubjectaccessreviews",
+        ] => Some(Kind::SelfSubject),
+        ["apis", "authorization.k8s.io", "v1", ..] => {
+            return error(&Error::UnknownPath, Format::Json);
+        }
+        _ => None,
+    };
+    if let Some(kind) = review {
+        let format = match negotiate(header_str(&req, header::ACCEPT)) {
+            Ok(f) => f,
+            Err(e) => return error(&e, Format::Json),
+        };
+        let query = Query::parse(req.uri().query().unwrap_or_default());
+        return match access_review(shared, req, &user, kind, &query, format).await {
+            Ok(response) => response,
+            Err(e) => error(&e, format),
+        };
+    }
     let target = match segments.as_slice() {
         ["api", "v1", "secrets"] => Target::Collection(None),
         ["api", "v1", "namespaces", ns, "secrets"] => Target::Collection(Some((*ns).to_owned())),
@@ -160,15 +191,110 @@ async fn route(
     }
 }
 
-fn authenticate(shared: &Shared, req: &Request<Incoming>) -> Result<User, Error> {
-    let Some(value) = header_str(req, header::AUTHORIZATION) else {
-        return shared.anonymous().ok_or(Error::Unauthorized);
+/// Who the request is: the token's user or the anonymous user, or the user it
+/// impersonates.
+fn authenticate(shared: &Shared, req: &Request<Incoming>) -> Result<Identity, Error> {
+    let requester = match header_str(req, header::AUTHORIZATION) {
+        None => Identity::anonymous(shared.anonymous().ok_or(Error::Unauthorized)?),
+        Some(value) => {
+            let (scheme, token) = value.split_once(' ').ok_or(Error::Unauthorized)?;
+            if !scheme.eq_ignore_ascii_case("bearer") {
+                return Err(Error::Unauthorized);
+            }
+            Identity::authenticated(shared.user(token.trim()).ok_or(Error::Unauthorized)?)
+        }
     };
-    let (scheme, token) = value.split_once(' ').ok_or(Error::Unauthorized)?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(Error::Unauthorized);
+    impersonate(shared, req, requester)
+}
+
+/// Applies the `Impersonate-*` headers (`kubectl --as`, `--as-group`).
+fn impersonate(
+    shared: &Shared,
+    req: &Request<Incoming>,
+    requester: Identity,
+) -> Result<Identity, Error> {
+    let headers = req.headers();
+    let text = |v: &HeaderValue| v.to_str().unwrap_or_default().to_owned();
+    let mut asked = Impersonation {
+        user: headers.get("impersonate-user").map(text),
+        uid: headers.get("impersonate-uid").map(text),
+        groups: headers
+            .get_all("impersonate-group")
+            .iter()
+            .map(text)
+            .collect(),
+        extra: BTreeMap::new(),
+    };
+    for (name, value) in headers {
+        if let Some(key) = name.as_str().strip_prefix("impersonate-extra-") {
+            let key = percent_encoding::percent_decode_str(key)
+                .decode_utf8_lossy()
+                .to_lowercase();
+            asked.extra.entry(key).or_default().push(text(value));
+        }
     }
-    shared.user(token.trim()).ok_or(Error::Unauthorized)
+    requester.impersonate(asked, |name| shared.access_of(name))
+}
+
+/// `POST /apis/authorization.k8s.io/v1/{subjectaccessreviews,selfsubjectaccessreviews}`:
+/// decode, validate, record, decide, answer `201 Created` with the review and its status.
+async fn access_review(
+    shared: &Arc<Shared>,
+    req: Request<Incoming>,
+    user: &Identity,
+    kind: Kind,
+    q: &Query,
+    format: Format,
+) -> Result<Response<Body>, Error> {
+    if req.method() != Method::POST {
+        return Err(Error::MethodNotAllowed);
+    }
+    if kind == Kind::Subject && !user.access.allows_access_reviews() {
+        return Err(Error::Forbidden {
+            user: user.name.clone(),
+            verb: "create",
+            group: access_review::GROUP,
+            resource: kind.resource(),
+            namespace: None,
+            name: None,
+        });
+    }
+    let validation = FieldValidation::parse(q.get("fieldValidation"))?;
+    let content_type = header_str(&req, header::CONTENT_TYPE)
+        .unwrap_or(JSON)
+        .to_owned();
+    let body = read_body(req).await?;
+    let review = match patch::media_type(&content_type) {
+        JSON | "" => access_review::decode_json(&body, kind)?,
+        protobuf::MEDIA_TYPE => access_review::decode_protobuf(&body, kind)?,
+        _ => {
+            return Err(Error::UnsupportedMediaType {
+                accepted: "application/json, application/vnd.kubernetes.protobuf",
+            });
+        }
+    };
+    let warnings = validation.check(&review.unknown_fields, kind.name())?;
+    access_review::validate(&review)?;
+    let attributes = review.attributes(user);
+    shared.authorizer.record(attributes.clone());
+    if let Some(failure) = shared.authorizer.failure().await {
+        return Err(Error::Internal {
+            message: format!("the test server fails access reviews ({failure:?})"),
+        });
+    }
+    let decision = shared.authorizer.decide(&attributes);
+    let mut response = match format {
+        Format::Protobuf => respond(
+            StatusCode::CREATED,
+            protobuf::MEDIA_TYPE,
+            review.to_protobuf(&decision),
+        ),
+        Format::Json | Format::Table => {
+            respond(StatusCode::CREATED, JSON, review.to_json(&decision))
+        }
+    };
+    add_warnings(&mut response, warnings);
+    Ok(response)
 }
 
 /// What a Secret URL names.
@@ -231,7 +357,7 @@ fn accepts_json(accept: Option<&str>) -> bool {
 async fn secrets(
     shared: &Arc<Shared>,
     req: Request<Incoming>,
-    user: &User,
+    user: &Identity,
     target: Target,
     q: &Query,
     format: Format,
@@ -255,7 +381,9 @@ async fn secrets(
     if !user.access.allows(verb, namespace.as_deref()) {
         return Err(Error::Forbidden {
             user: user.name.clone(),
-            verb,
+            verb: verb.as_str(),
+            group: "",
+            resource: "secrets",
             namespace,
             name,
         });
@@ -357,7 +485,7 @@ async fn secrets(
                     let mut value = json::secret_value(current);
                     patch::apply(&mut value, &body, kind)?;
                     let decoded = json::decode_value(value)?;
-                    let warnings = validation.check(&decoded.unknown_fields)?;
+                    let warnings = validation.check(&decoded.unknown_fields, "Secret")?;
                     let mut s = decoded.secret;
                     check_identity(&mut s, &ns, &name)?;
                     Ok((s, warnings))
@@ -432,15 +560,15 @@ impl FieldValidation {
         }
     }
 
-    /// The `Warning` headers to send, or the strict-decoding error.
-    fn check(self, unknown: &[String]) -> Result<Vec<String>, Error> {
+    /// The `Warning` headers to send, or the strict-decoding error for a `kind` object.
+    fn check(self, unknown: &[String], kind: &str) -> Result<Vec<String>, Error> {
         if unknown.is_empty() || self == Self::Ignore {
             return Ok(Vec::new());
         }
         let each = unknown.iter().map(|f| format!("unknown field \"{f}\""));
         if self == Self::Strict {
             return Err(Error::bad_request(format!(
-                "Secret in version \"v1\" cannot be handled as a Secret: strict decoding error: {}",
+                "{kind} in version \"v1\" cannot be handled as a {kind}: strict decoding error: {}",
                 each.collect::<Vec<_>>().join(", ")
             )));
         }
@@ -471,7 +599,7 @@ async fn decode_body(
     match patch::media_type(&content_type) {
         JSON | "" => {
             let decoded = json::decode(&body)?;
-            let warnings = validation.check(&decoded.unknown_fields)?;
+            let warnings = validation.check(&decoded.unknown_fields, "Secret")?;
             Ok((decoded.secret, warnings))
         }
         protobuf::MEDIA_TYPE => Ok((protobuf::decode(&body)?, Vec::new())),
@@ -532,13 +660,18 @@ fn object(
             )
         }
     };
+    add_warnings(&mut response, warnings);
+    response
+}
+
+/// `Warning: 299 - "…"` headers, one per warning.
+fn add_warnings(response: &mut Response<Body>, warnings: Vec<String>) {
     for warning in warnings {
         let text = format!("299 - {}", serde_json::Value::String(warning));
         if let Ok(value) = HeaderValue::from_str(&text) {
             response.headers_mut().append(header::WARNING, value);
         }
     }
-    response
 }
 
 /// A `meta.k8s.io/v1` Table, as `kubectl get secrets` shows it: NAME, TYPE, DATA, AGE.

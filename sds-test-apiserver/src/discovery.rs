@@ -2,6 +2,8 @@
 
 use serde_json::{Value, json};
 
+use crate::access_review::{self, Kind};
+
 /// The `/version` document for a `gitVersion` like `v1.33.1`.
 pub(crate) fn version(git_version: &str) -> Value {
     let mut parts = git_version.trim_start_matches('v').split('.');
@@ -55,9 +57,46 @@ pub(crate) fn core_v1_resources() -> Value {
     })
 }
 
-/// `/apis`: no groups.
+/// `/apis`: `authorization.k8s.io`.
 pub(crate) fn api_groups() -> Value {
-    json!({ "kind": "APIGroupList", "apiVersion": "v1", "groups": [] })
+    json!({ "kind": "APIGroupList", "apiVersion": "v1", "groups": [authorization_group_entry()] })
+}
+
+/// `/apis/authorization.k8s.io`.
+pub(crate) fn authorization_group() -> Value {
+    let mut group = authorization_group_entry();
+    group["kind"] = "APIGroup".into();
+    group["apiVersion"] = "v1".into();
+    group
+}
+
+fn authorization_group_entry() -> Value {
+    let version = json!({ "groupVersion": access_review::API_VERSION, "version": "v1" });
+    json!({
+        "name": access_review::GROUP,
+        "versions": [version],
+        "preferredVersion": version,
+    })
+}
+
+/// `/apis/authorization.k8s.io/v1`: only the reviews served (no
+/// LocalSubjectAccessReviews, no SelfSubjectRulesReviews).
+pub(crate) fn authorization_v1_resources() -> Value {
+    let resource = |kind: Kind| {
+        json!({
+            "name": kind.resource(),
+            "singularName": kind.resource().trim_end_matches('s'),
+            "namespaced": false,
+            "kind": kind.name(),
+            "verbs": ["create"],
+        })
+    };
+    json!({
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": access_review::API_VERSION,
+        "resources": [resource(Kind::SelfSubject), resource(Kind::Subject)],
+    })
 }
 
 /// `GET /api/v1/namespaces/{name}`: every namespace exists and is `Active` (kubectl 1.33

@@ -4,8 +4,6 @@
 use std::io;
 use std::path::PathBuf;
 
-use crate::access::Verb;
-
 /// What went wrong, worded like the real API server where it is an API failure.
 ///
 /// [`Error::code`] and [`Error::reason`] give the HTTP status code and the `Status.reason`
@@ -55,10 +53,19 @@ pub enum Error {
         /// The real server's explanation, e.g. "the object has been modified; …".
         detail: String,
     },
-    /// 422 `Invalid`: the Secret failed validation.
-    #[error("Secret \"{name}\" is invalid: {}", join_causes(causes))]
+    /// 422 `Invalid`: the object (a Secret or a SubjectAccessReview) failed validation.
+    #[error(
+        "{}{} \"{name}\" is invalid: {}",
+        kind,
+        group_suffix(group),
+        join_causes(causes)
+    )]
     Invalid {
-        /// The Secret's name (as given).
+        /// The API group of the object's kind (`""` for Secrets).
+        group: &'static str,
+        /// The object's kind, e.g. `Secret`.
+        kind: &'static str,
+        /// The object's name (as given; SubjectAccessReviews have none).
         name: String,
         /// One entry per invalid field.
         causes: Vec<FieldError>,
@@ -79,15 +86,20 @@ pub enum Error {
     #[error("Unauthorized")]
     Unauthorized,
     /// 403 `Forbidden`: the token's [`Access`](crate::Access) does not allow the request.
-    #[error("{}", forbidden_message(user, *verb, namespace.as_deref(), name.as_deref()))]
+    #[error("{}", forbidden_message(user, verb, group, resource, namespace.as_deref(), name.as_deref()))]
     Forbidden {
         /// The user the token belongs to.
         user: String,
-        /// The verb that was refused.
-        verb: Verb,
+        /// The verb that was refused, e.g. `list` (see [`Verb`](crate::Verb)), `create`
+        /// (a SubjectAccessReview) or `impersonate`.
+        verb: &'static str,
+        /// The API group of the resource (`""` for Secrets).
+        group: &'static str,
+        /// The resource, e.g. `secrets` or `subjectaccessreviews`.
+        resource: &'static str,
         /// The namespace, or `None` at the cluster scope.
         namespace: Option<String>,
-        /// The Secret's name for single-object requests.
+        /// The object's name for single-object requests.
         name: Option<String>,
     },
     /// 405 `MethodNotAllowed`.
@@ -114,6 +126,13 @@ pub enum Error {
     TooLarge {
         /// The limit in bytes.
         limit: usize,
+    },
+    /// 500 `InternalError`: the test made SubjectAccessReviews fail
+    /// ([`ApiServer::fail_access_reviews`](crate::ApiServer::fail_access_reviews)).
+    #[error("Internal error occurred: {message}")]
+    Internal {
+        /// What failed.
+        message: String,
     },
     /// 503 `ServiceUnavailable`: the test switched the server to unavailable.
     #[error("the server is currently unable to handle the request")]
@@ -145,7 +164,7 @@ impl Error {
     /// The HTTP status code the API answers with for this failure (500 for local failures).
     pub fn code(&self) -> u16 {
         match self {
-            Self::Bind { .. } | Self::Write { .. } => 500,
+            Self::Bind { .. } | Self::Write { .. } | Self::Internal { .. } => 500,
             Self::NotFound { .. } | Self::UnknownPath => 404,
             Self::AlreadyExists { .. } | Self::Conflict { .. } => 409,
             Self::Invalid { .. } => 422,
@@ -165,7 +184,7 @@ impl Error {
     /// The `Status.reason` the API answers with for this failure.
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::Bind { .. } | Self::Write { .. } => "InternalError",
+            Self::Bind { .. } | Self::Write { .. } | Self::Internal { .. } => "InternalError",
             Self::NotFound { .. } | Self::UnknownPath => "NotFound",
             Self::AlreadyExists { .. } => "AlreadyExists",
             Self::Conflict { .. } => "Conflict",
@@ -220,22 +239,33 @@ fn join_causes(causes: &[FieldError]) -> String {
     }
 }
 
+/// `.group`, or nothing for the core group: how `GroupKind` and `GroupResource` print.
+fn group_suffix(group: &str) -> String {
+    if group.is_empty() {
+        String::new()
+    } else {
+        format!(".{group}")
+    }
+}
+
 fn forbidden_message(
     user: &str,
-    verb: Verb,
+    verb: &str,
+    group: &str,
+    resource: &str,
     namespace: Option<&str>,
     name: Option<&str>,
 ) -> String {
+    let qualified = format!("{resource}{}", group_suffix(group));
     let what = match name {
-        Some(name) => format!("secrets \"{name}\""),
-        None => "secrets".to_owned(),
+        Some(name) => format!("{qualified} \"{name}\""),
+        None => qualified,
     };
     let scope = match namespace {
         Some(ns) => format!("in the namespace \"{ns}\""),
         None => "at the cluster scope".to_owned(),
     };
     format!(
-        "{what} is forbidden: User \"{user}\" cannot {verb} resource \"secrets\" in API group \"\" {scope}",
-        verb = verb.as_str()
+        "{what} is forbidden: User \"{user}\" cannot {verb} resource \"{resource}\" in API group \"{group}\" {scope}"
     )
 }

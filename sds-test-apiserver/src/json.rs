@@ -124,16 +124,26 @@ pub(crate) fn decode_value(value: Value) -> Result<Decoded, Error> {
     })
 }
 
-/// Checks `apiVersion` and `kind` of a body, when it sets them.
+/// Checks `apiVersion` and `kind` of a Secret body, when it sets them.
 pub(crate) fn check_type_meta(api_version: Option<&str>, kind: Option<&str>) -> Result<(), Error> {
-    if let Some(api_version) = api_version.filter(|v| !v.is_empty() && *v != "v1") {
+    check_type_meta_as(api_version, kind, "v1", "Secret")
+}
+
+/// Checks `apiVersion` and `kind` of a body against the expected ones, when it sets them.
+pub(crate) fn check_type_meta_as(
+    api_version: Option<&str>,
+    kind: Option<&str>,
+    expected_api_version: &str,
+    expected_kind: &str,
+) -> Result<(), Error> {
+    if let Some(api_version) = api_version.filter(|v| !v.is_empty() && v != &expected_api_version) {
         return Err(Error::bad_request(format!(
-            "the API version in the data ({api_version}) does not match the expected API version (v1)"
+            "the API version in the data ({api_version}) does not match the expected API version ({expected_api_version})"
         )));
     }
-    if let Some(kind) = kind.filter(|k| !k.is_empty() && *k != "Secret") {
+    if let Some(kind) = kind.filter(|k| !k.is_empty() && k != &expected_kind) {
         return Err(Error::bad_request(format!(
-            "the kind in the data ({kind}) does not match the expected kind (Secret)"
+            "the kind in the data ({kind}) does not match the expected kind ({expected_kind})"
         )));
     }
     Ok(())
@@ -170,7 +180,7 @@ const SECRET_FIELDS: &[&str] = &[
     "stringData",
     "type",
 ];
-const META_FIELDS: &[&str] = &[
+pub(crate) const META_FIELDS: &[&str] = &[
     "name",
     "generateName",
     "namespace",
@@ -460,19 +470,31 @@ pub(crate) fn status_value(err: &Error) -> Value {
         Error::Conflict { name, .. } => {
             Some(serde_json::json!({ "name": name, "kind": "secrets" }))
         }
-        Error::Forbidden { name, .. } => Some(match name {
-            Some(name) => serde_json::json!({ "name": name, "kind": "secrets" }),
-            None => serde_json::json!({ "kind": "secrets" }),
-        }),
-        Error::Invalid { name, causes } => Some(serde_json::json!({
-            "name": name,
-            "kind": "Secret",
-            "causes": causes.iter().map(|c| serde_json::json!({
-                "reason": c.reason,
-                "message": c.message,
-                "field": c.field,
-            })).collect::<Vec<_>>(),
-        })),
+        Error::Forbidden {
+            name,
+            group,
+            resource,
+            ..
+        } => Some(named_details(name.as_deref(), group, resource)),
+        Error::Invalid {
+            name,
+            group,
+            kind,
+            causes,
+        } => {
+            let mut details = named_details(Some(name), group, kind);
+            details["causes"] = causes
+                .iter()
+                .map(|c| {
+                    serde_json::json!({
+                        "reason": c.reason,
+                        "message": c.message,
+                        "field": c.field,
+                    })
+                })
+                .collect();
+            Some(details)
+        }
         Error::TooLargeResourceVersion { .. } => Some(serde_json::json!({
             "causes": [{ "reason": "ResourceVersionTooLarge", "message": "Too large resource version" }],
             "retryAfterSeconds": 1,
@@ -484,6 +506,20 @@ pub(crate) fn status_value(err: &Error) -> Value {
     }
     status["code"] = err.code().into();
     status
+}
+
+/// `Status.details` naming an object: `name` and `group` are left out when empty, as Go's
+/// `omitempty` does.
+fn named_details(name: Option<&str>, group: &str, kind: &str) -> Value {
+    let mut details = serde_json::Map::new();
+    if let Some(name) = name.filter(|n| !n.is_empty()) {
+        details.insert("name".to_owned(), name.into());
+    }
+    if !group.is_empty() {
+        details.insert("group".to_owned(), group.into());
+    }
+    details.insert("kind".to_owned(), kind.into());
+    Value::Object(details)
 }
 
 /// The `Status` a successful DELETE returns.

@@ -11,6 +11,8 @@
 use prost::Message as _;
 use serde_json::{Value, json};
 
+use crate::access_review::{self, Kind};
+
 /// The media type kubectl asks `/openapi/v2` for.
 pub(crate) const V2_PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf";
 
@@ -25,12 +27,43 @@ const GVK_YAML: &str = "group: \"\"\nkind: Secret\nversion: v1\n";
 /// The hash that `/openapi/v3` publishes for `api/v1` (any stable string works).
 const V3_HASH: &str = "5A1D5E0C7E6B4C2F";
 
+/// The hash that `/openapi/v3` publishes for `apis/authorization.k8s.io/v1`.
+const V3_AUTHORIZATION_HASH: &str = "3B7C0D9A5E2F4A61";
+
 /// `/openapi/v3`: the index of group-version documents.
 pub(crate) fn openapi_v3_root() -> Value {
     json!({
         "paths": {
-            "api/v1": { "serverRelativeURL": format!("/openapi/v3/api/v1?hash={V3_HASH}") }
+            "api/v1": { "serverRelativeURL": format!("/openapi/v3/api/v1?hash={V3_HASH}") },
+            "apis/authorization.k8s.io/v1": {
+                "serverRelativeURL": format!("/openapi/v3/apis/authorization.k8s.io/v1?hash={V3_AUTHORIZATION_HASH}")
+            },
         }
+    })
+}
+
+/// `/openapi/v3/apis/authorization.k8s.io/v1`: the create operations of the reviews served.
+pub(crate) fn openapi_v3_authorization_v1(git_version: &str) -> Value {
+    let op = |kind: Kind| {
+        json!({
+            "operationId": format!("createAuthorizationV1{}", kind.name()),
+            "responses": { "201": { "description": "Created" } },
+            "x-kubernetes-action": "post",
+            "x-kubernetes-group-version-kind": {
+                "group": access_review::GROUP,
+                "kind": kind.name(),
+                "version": "v1",
+            },
+        })
+    };
+    let path = |kind: Kind| format!("/apis/{}/{}", access_review::API_VERSION, kind.resource());
+    json!({
+        "openapi": "3.0.0",
+        "info": { "title": "Kubernetes", "version": git_version },
+        "paths": {
+            path(Kind::Subject): { "post": op(Kind::Subject) },
+            path(Kind::SelfSubject): { "post": op(Kind::SelfSubject) },
+        },
     })
 }
 

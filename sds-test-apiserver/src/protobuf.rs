@@ -22,21 +22,9 @@ const MAGIC: &[u8; 4] = b"k8s\0";
 
 /// Decodes a protobuf request body into a Secret (`stringData` merged into `data`).
 pub(crate) fn decode(body: &[u8]) -> Result<Secret, Error> {
-    let raw = body
-        .strip_prefix(MAGIC)
-        .ok_or_else(|| cannot_handle("provided data does not appear to be a protobuf message, expected prefix [107 56 115 0]"))?;
-    let unknown = pb::Unknown::decode(raw).map_err(cannot_handle)?;
-    let type_meta = unknown.type_meta.unwrap_or_default();
+    let (type_meta, raw) = open(body).map_err(cannot_handle)?;
     crate::json::check_type_meta(type_meta.api_version.as_deref(), type_meta.kind.as_deref())?;
-    if unknown
-        .content_encoding
-        .as_deref()
-        .is_some_and(|e| !e.is_empty())
-    {
-        return Err(cannot_handle("content encodings are not supported"));
-    }
-    let secret =
-        pb::Secret::decode(unknown.raw.unwrap_or_default().as_slice()).map_err(cannot_handle)?;
+    let secret = pb::Secret::decode(raw.as_slice()).map_err(cannot_handle)?;
     let meta = secret.metadata.unwrap_or_default();
     let mut data = secret.data;
     for (k, v) in secret.string_data {
@@ -94,13 +82,20 @@ pub(crate) fn list(meta: &ListMeta, items: &[Arc<Secret>]) -> Vec<u8> {
 
 /// A `Status` (failure) as a protobuf response body.
 pub(crate) fn status(err: &Error) -> Vec<u8> {
-    let (name, kind) = match err {
+    let (name, group, kind) = match err {
         Error::NotFound { name, .. }
         | Error::AlreadyExists { name, .. }
-        | Error::Conflict { name, .. } => (Some(name.clone()), Some("secrets")),
-        Error::Invalid { name, .. } => (Some(name.clone()), Some("Secret")),
-        Error::Forbidden { name, .. } => (name.clone(), Some("secrets")),
-        _ => (None, None),
+        | Error::Conflict { name, .. } => (Some(name.clone()), "", Some("secrets")),
+        Error::Invalid {
+            name, group, kind, ..
+        } => (Some(name.clone()), *group, Some(*kind)),
+        Error::Forbidden {
+            name,
+            group,
+            resource,
+            ..
+        } => (name.clone(), *group, Some(*resource)),
+        _ => (None, "", None),
     };
     let causes = match err {
         Error::Invalid { causes, .. } => causes
@@ -119,8 +114,8 @@ pub(crate) fn status(err: &Error) -> Vec<u8> {
         message: Some(err.to_string()),
         reason: Some(err.reason().to_owned()),
         details: kind.map(|kind| pb::StatusDetails {
-            name,
-            group: None,
+            name: name.filter(|n| !n.is_empty()),
+            group: (!group.is_empty()).then(|| group.to_owned()),
             kind: Some(kind.to_owned()),
             causes,
             retry_after_seconds: None,
@@ -151,10 +146,37 @@ pub(crate) fn deleted(s: &Secret) -> Vec<u8> {
     envelope("Status", status.encode_to_vec())
 }
 
+/// The `TypeMeta` and the encoded object of a body: the magic bytes and the envelope taken
+/// off. The error is the real server's wording, for the caller's "cannot be handled as".
+pub(crate) fn open(body: &[u8]) -> Result<(pb::TypeMeta, Vec<u8>), String> {
+    let raw = body.strip_prefix(MAGIC).ok_or_else(|| {
+        "provided data does not appear to be a protobuf message, expected prefix [107 56 115 0]"
+            .to_owned()
+    })?;
+    let unknown = pb::Unknown::decode(raw).map_err(|e| e.to_string())?;
+    if unknown
+        .content_encoding
+        .as_deref()
+        .is_some_and(|e| !e.is_empty())
+    {
+        return Err("content encodings are not supported".to_owned());
+    }
+    Ok((
+        unknown.type_meta.unwrap_or_default(),
+        unknown.raw.unwrap_or_default(),
+    ))
+}
+
 fn envelope(kind: &str, raw: Vec<u8>) -> Vec<u8> {
+    envelope_as("v1", kind, raw)
+}
+
+/// A response body: the magic bytes and the envelope around an encoded `apiVersion`/`kind`
+/// object.
+pub(crate) fn envelope_as(api_version: &str, kind: &str, raw: Vec<u8>) -> Vec<u8> {
     let unknown = pb::Unknown {
         type_meta: Some(pb::TypeMeta {
-            api_version: Some("v1".to_owned()),
+            api_version: Some(api_version.to_owned()),
             kind: Some(kind.to_owned()),
         }),
         raw: Some(raw),
@@ -213,89 +235,89 @@ fn cannot_handle(detail: impl std::fmt::Display) -> Error {
 }
 
 /// The messages, by hand. Field numbers are those of the upstream `generated.proto` files.
-mod pb {
+pub(crate) mod pb {
     use std::collections::BTreeMap;
 
     /// `k8s.io.apimachinery.pkg.runtime.TypeMeta` (note: apiVersion = 1, kind = 2).
     #[derive(Clone, PartialEq, prost::Message)]
-    pub(super) struct TypeMeta {
+    pub(crate) struct TypeMeta {
         #[prost(string, optional, tag = "1")]
-        pub(super) api_version: Option<String>,
+        pub(crate) api_version: Option<String>,
         #[prost(string, optional, tag = "2")]
-        pub(super) kind: Option<String>,
+        pub(crate) kind: Option<String>,
     }
 
     /// `k8s.io.apimachinery.pkg.runtime.Unknown`: the envelope after the magic bytes.
     #[derive(Clone, PartialEq, prost::Message)]
-    pub(super) struct Unknown {
+    pub(crate) struct Unknown {
         #[prost(message, optional, tag = "1")]
-        pub(super) type_meta: Option<TypeMeta>,
+        pub(crate) type_meta: Option<TypeMeta>,
         #[prost(bytes = "vec", optional, tag = "2")]
-        pub(super) raw: Option<Vec<u8>>,
+        pub(crate) raw: Option<Vec<u8>>,
         #[prost(string, optional, tag = "3")]
-        pub(super) content_encoding: Option<String>,
+        pub(crate) content_encoding: Option<String>,
         #[prost(string, optional, tag = "4")]
-        pub(super) content_type: Option<String>,
+        pub(crate) content_type: Option<String>,
     }
 
     /// `k8s.io.apimachinery.pkg.apis.meta.v1.Time`.
     #[derive(Clone, PartialEq, prost::Message)]
-    pub(super) struct Time {
+    pub(crate) struct Time {
         #[prost(int64, optional, tag = "1")]
-        pub(super) seconds: Option<i64>,
+        pub(crate) seconds: Option<i64>,
         #[prost(int32, optional, tag = "2")]
-        pub(super) nanos: Option<i32>,
+        pub(crate) nanos: Option<i32>,
     }
 
     /// `k8s.io.apimachinery.pkg.apis.meta.v1.OwnerReference`.
     #[derive(Clone, PartialEq, prost::Message)]
-    pub(super) struct OwnerReference {
+    pub(crate) struct OwnerReference {
         #[prost(string, optional, tag = "1")]
-        pub(super) kind: Option<String>,
+        pub(crate) kind: Option<String>,
         #[prost(string, optional, tag = "3")]
-        pub(super) name: Option<String>,
+        pub(crate) name: Option<String>,
         #[prost(string, optional, tag = "4")]
-        pub(super) uid: Option<String>,
+        pub(crate) uid: Option<String>,
         #[prost(string, optional, tag = "5")]
-        pub(super) api_version: Option<String>,
+        pub(crate) api_version: Option<String>,
         #[prost(bool, optional, tag = "6")]
-        pub(super) controller: Option<bool>,
+        pub(crate) controller: Option<bool>,
         #[prost(bool, optional, tag = "7")]
-        pub(super) block_owner_deletion: Option<bool>,
+        pub(crate) block_owner_deletion: Option<bool>,
     }
 
     /// `k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta` (managedFields = 17 is skipped as
     /// an unknown field on decode and never sent).
     #[derive(Clone, PartialEq, prost::Message)]
-    pub(super) struct ObjectMeta {
+    pub(crate) struct ObjectMeta {
         #[prost(string, optional, tag = "1")]
-        pub(super) name: Option<String>,
+        pub(crate) name: Option<String>,
         #[prost(string, optional, tag = "2")]
-        pub(super) generate_name: Option<String>,
+        pub(crate) generate_name: Option<String>,
         #[prost(string, optional, tag = "3")]
-        pub(super) namespace: Option<String>,
+        pub(crate) namespace: Option<String>,
         #[prost(string, optional, tag = "4")]
-        pub(super) self_link: Option<String>,
+        pub(crate) self_link: Option<String>,
         #[prost(string, optional, tag = "5")]
-        pub(super) uid: Option<String>,
+        pub(crate) uid: Option<String>,
         #[prost(string, optional, tag = "6")]
-        pub(super) resource_version: Option<String>,
+        pub(crate) resource_version: Option<String>,
         #[prost(int64, optional, tag = "7")]
-        pub(super) generation: Option<i64>,
+        pub(crate) generation: Option<i64>,
         #[prost(message, optional, tag = "8")]
-        pub(super) creation_timestamp: Option<Time>,
+        pub(crate) creation_timestamp: Option<Time>,
         #[prost(message, optional, tag = "9")]
-        pub(super) deletion_timestamp: Option<Time>,
+        pub(crate) deletion_timestamp: Option<Time>,
         #[prost(int64, optional, tag = "10")]
-        pub(super) deletion_grace_period_seconds: Option<i64>,
+        pub(crate) deletion_grace_period_seconds: Option<i64>,
         #[prost(btree_map = "string, string", tag = "11")]
-        pub(super) labels: BTreeMap<String, String>,
+        pub(crate) labels: BTreeMap<String, String>,
         #[prost(btree_map = "string, string", tag = "12")]
-        pub(super) annotations: BTreeMap<String, String>,
+        pub(crate) annotations: BTreeMap<String, String>,
         #[prost(message, repeated, tag = "13")]
-        pub(super) owner_references: Vec<OwnerReference>,
+        pub(crate) owner_references: Vec<OwnerReference>,
         #[prost(string, repeated, tag = "14")]
-        pub(super) finalizers: Vec<String>,
+        pub(crate) finalizers: Vec<String>,
     }
 
     /// `k8s.io.api.core.v1.Secret`.

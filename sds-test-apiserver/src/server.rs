@@ -16,12 +16,14 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::access::{Access, User};
+use crate::access::{ANONYMOUS, Access, User};
+use crate::authorizer::{AccessReview, Authorizer, Decision, ReviewFailure};
 use crate::error::Error;
 use crate::secret::Secret;
 use crate::store::{Deleted, Preconditions, Store};
 
-/// An in-process Kubernetes API server for `core/v1` Secrets on `127.0.0.1`.
+/// An in-process Kubernetes API server for `core/v1` Secrets and access reviews on
+/// `127.0.0.1`.
 ///
 /// Dropping it stops the listener, every connection and every watch.
 pub struct ApiServer {
@@ -40,9 +42,6 @@ pub struct Builder {
     anonymous: Option<User>,
 }
 
-/// The user name of requests without a token when [`Builder::anonymous`] allows them.
-pub const ANONYMOUS: &str = "system:anonymous";
-
 /// One request the server answered, for assertions.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestRecord {
@@ -52,7 +51,8 @@ pub struct RequestRecord {
     pub path: String,
     /// The raw (still percent-encoded) query string, without `?`.
     pub query: String,
-    /// The authenticated user's name (`None` for unauthenticated requests).
+    /// The authenticated user's name (the impersonated user's when the request
+    /// impersonates; `None` for unauthenticated requests).
     pub user: Option<String>,
     /// The HTTP status code of the response.
     pub status: u16,
@@ -83,6 +83,8 @@ pub(crate) struct Shared {
     users: Mutex<BTreeMap<String, User>>,
     anonymous: Mutex<Option<User>>,
     requests: Mutex<Vec<RequestRecord>>,
+    /// Answers SubjectAccessReviews and records them.
+    pub(crate) authorizer: Authorizer,
     unavailable: AtomicBool,
     port: AtomicU16,
 }
@@ -196,6 +198,7 @@ impl Builder {
             users: Mutex::new(self.users),
             anonymous: Mutex::new(self.anonymous),
             requests: Mutex::new(Vec::new()),
+            authorizer: Authorizer::new(),
             unavailable: AtomicBool::new(false),
             port: AtomicU16::new(self.port),
         });
@@ -439,6 +442,85 @@ impl ApiServer {
         self.shared.requests.lock().clear();
     }
 
+    /// Answers SubjectAccessReviews (and SelfSubjectAccessReviews) with `callback`, asked
+    /// after the rules and callbacks added before, as the API server asks its chain of
+    /// authorizers: the first [`Decision`] that allows or denies is the answer, and a
+    /// [`Decision::no_opinion`] passes the review on. When nobody has an opinion the answer
+    /// is `allowed: false` with the reasons given (`"no rule allows it"` if none), as a real
+    /// cluster whose RBAC grants nothing answers.
+    ///
+    /// These rules answer reviews only; requests to this server are authorized by
+    /// [`Access`].
+    pub fn authorize<F>(&self, callback: F)
+    where
+        F: Fn(&AccessReview) -> Decision + Send + Sync + 'static,
+    {
+        self.shared.authorizer.push(callback);
+    }
+
+    /// Allows `verb` on `resource` in `namespace` to `user` (`spec.user`, e.g.
+    /// `system:serviceaccount:istio-system:istio-ingressgateway`), like an RBAC binding;
+    /// `"*"` matches anything (`namespace` `"*"`: a ClusterRoleBinding). Matches resource
+    /// requests only, whatever their API group, subresource and name. A rule added with
+    /// [`authorize`](Self::authorize); the reason says which rule allowed.
+    pub fn allow(
+        &self,
+        user: impl Into<String>,
+        verb: impl Into<String>,
+        resource: impl Into<String>,
+        namespace: impl Into<String>,
+    ) {
+        let (user, verb, resource, namespace) =
+            (user.into(), verb.into(), resource.into(), namespace.into());
+        let reason = format!(
+            "allowed by the test server's rule: {user:?} may {verb} {resource} in namespace {namespace:?}"
+        );
+        self.shared
+            .authorizer
+            .push_match(user, verb, resource, namespace, Decision::allow(reason));
+    }
+
+    /// Denies (`denied: true`, with `reason`) what [`allow`](Self::allow) would allow, as a
+    /// deny-capable authorizer (a webhook) does; rules added later are not asked.
+    pub fn deny(
+        &self,
+        user: impl Into<String>,
+        verb: impl Into<String>,
+        resource: impl Into<String>,
+        namespace: impl Into<String>,
+        reason: impl Into<String>,
+    ) {
+        self.shared.authorizer.push_match(
+            user.into(),
+            verb.into(),
+            resource.into(),
+            namespace.into(),
+            Decision::deny(reason),
+        );
+    }
+
+    /// Removes every rule and callback: reviews are answered `allowed: false` again.
+    pub fn clear_authorization(&self) {
+        self.shared.authorizer.clear();
+    }
+
+    /// Every valid review received so far, oldest first (also those that
+    /// [`fail_access_reviews`](Self::fail_access_reviews) failed or holds).
+    pub fn access_reviews(&self) -> Vec<AccessReview> {
+        self.shared.authorizer.reviews()
+    }
+
+    /// Forgets the recorded reviews.
+    pub fn clear_access_reviews(&self) {
+        self.shared.authorizer.clear_reviews();
+    }
+
+    /// Makes reviews fail (`Some`) or be answered again (`None`); valid reviews are still
+    /// recorded. Turning [`ReviewFailure::Hang`] off answers the held reviews.
+    pub fn fail_access_reviews(&self, failure: Option<ReviewFailure>) {
+        self.shared.authorizer.set_failure(failure);
+    }
+
     /// While `true`, every request (health and version too) gets `503 ServiceUnavailable`;
     /// open watches are not affected (combine with [`drop_watches`](Self::drop_watches)).
     pub fn set_unavailable(&self, unavailable: bool) {
@@ -494,6 +576,26 @@ impl Shared {
 
     pub(crate) fn anonymous(&self) -> Option<User> {
         self.anonymous.lock().clone()
+    }
+
+    /// The access of the user named `name` (a token's user, or the anonymous user), for
+    /// impersonation; none for a user the server does not know.
+    pub(crate) fn access_of(&self, name: &str) -> Access {
+        let known = self
+            .users
+            .lock()
+            .values()
+            .find(|u| u.name == name)
+            .map(|u| u.access.clone());
+        known
+            .or_else(|| {
+                self.anonymous
+                    .lock()
+                    .as_ref()
+                    .filter(|u| u.name == name)
+                    .map(|u| u.access.clone())
+            })
+            .unwrap_or_else(Access::none)
     }
 
     pub(crate) fn is_unavailable(&self) -> bool {

