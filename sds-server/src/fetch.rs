@@ -22,10 +22,9 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::{
     connections,
     framing::bounded,
-    policy::Decision,
     pump::decide,
     service::Inner,
-    session::{SHOWN_CHARS, check_type, parse_names, source_name},
+    session::{SHOWN_CHARS, check_type, parse_names},
     status,
 };
 
@@ -85,14 +84,18 @@ impl Fetch {
                 "name at least one secret in resource_names",
             ));
         }
+        let mut granted = Vec::with_capacity(names.len());
         let mut denied = Vec::new();
         let mut reasons = BTreeSet::new();
         for name in &names {
-            if let Decision::Deny(reason) = decide(&*inner.policy, &peer, name).await {
-                inner.counters.denied.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%peer, secret = %name, %reason, "fetch denied by the policy");
-                denied.push(name);
-                reasons.insert(reason);
+            match decide(&*inner.policy, &peer, name).await {
+                Ok(from) => granted.push((name, from)),
+                Err(reason) => {
+                    inner.counters.denied.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%peer, secret = %name, %reason, "fetch denied by the policy");
+                    denied.push(name);
+                    reasons.insert(reason);
+                }
             }
         }
         if !denied.is_empty() {
@@ -110,8 +113,8 @@ impl Fetch {
         let mut resources = Vec::new();
         let mut missing = Vec::new();
         let mut versions = Vec::new();
-        for name in &names {
-            match snapshot.get(source_name(name).as_str()) {
+        for (name, from) in granted {
+            match snapshot.get(from.as_str()) {
                 Some(secret) => {
                     resources.extend(inner.encoder.any(name, secret));
                     versions.push(secret.version());

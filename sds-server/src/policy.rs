@@ -82,6 +82,11 @@ impl<P: Policy + ?Sized> Policy for Arc<P> {
 pub enum Decision {
     /// The peer may have the secret.
     Allow,
+    /// The peer may have what it named, served from this secret instead: for names whose
+    /// meaning depends on the peer, e.g. Istio's bare `httpbin` asked for by a gateway of
+    /// namespace `apps`, which is `kubernetes://apps/httpbin`. The response still names the
+    /// resource as the client asked for it.
+    AllowAs(SecretName),
     /// The peer may not have the secret, for this reason (e.g. "uid 1000 is not allowed").
     Deny(Cow<'static, str>),
 }
@@ -94,9 +99,9 @@ impl Decision {
         Decision::Deny(reason.into())
     }
 
-    /// Whether this is [`Decision::Allow`].
+    /// Whether this allows the secret ([`Decision::Allow`] or [`Decision::AllowAs`]).
     pub fn is_allowed(&self) -> bool {
-        matches!(self, Decision::Allow)
+        matches!(self, Decision::Allow | Decision::AllowAs(_))
     }
 }
 
@@ -219,8 +224,8 @@ impl Policy for AnyOf {
             let mut reasons = Vec::new();
             for policy in &self.policies {
                 match policy.decide(peer, name).await {
-                    Decision::Allow => return Decision::Allow,
                     Decision::Deny(reason) => reasons.push(reason),
+                    allowed => return allowed,
                 }
             }
             if reasons.is_empty() {

@@ -2,7 +2,7 @@
 //! feeds them to its sans-IO [`session`](crate::session), and encodes what the session
 //! decides to send. Runs while the transport polls the response body; spawns nothing.
 
-use std::{collections::BTreeMap, sync::Arc, time::Instant};
+use std::{borrow::Cow, collections::BTreeMap, sync::Arc, time::Instant};
 
 use futures_core::Stream;
 use futures_util::{
@@ -165,7 +165,7 @@ impl<P: Protocol, I: Inbound<P::Request>> Pump<P, I> {
                 () = self.watches.changed() => {
                     // The session ignores values it already has.
                     for (name, watched) in self.watches.map.iter_mut() {
-                        if let Watched::Granted(watch) = watched {
+                        if let Watched::Granted { watch, .. } = watched {
                             self.session.on_change(name, watch.current());
                         }
                     }
@@ -245,26 +245,26 @@ impl<P: Protocol, I: Inbound<P::Request>> Pump<P, I> {
             if self.watches.map.contains_key(&name) {
                 continue;
             }
-            let decision = decide(&*self.inner.policy, &self.peer, &name).await;
-            if let Decision::Deny(reason) = &decision {
+            let grant = decide(&*self.inner.policy, &self.peer, &name).await;
+            if let Err(reason) = &grant {
                 self.on_denied(&name, reason, "denied by the policy; not sending it");
             }
-            self.watches.decided.insert(name, decision);
+            self.watches.decided.insert(name, grant);
         }
     }
 
     /// Asks the policy again about every name this stream holds, after it changed: a name no
-    /// longer allowed is no longer watched (nothing more is pushed), a name now allowed is
-    /// watched and sent.
+    /// longer allowed is no longer watched (nothing more is pushed), a name now allowed (or
+    /// served from another secret) is watched and sent.
     async fn decide_again(&mut self) {
         let names: Vec<SecretName> = self.watches.map.keys().cloned().collect();
         for name in names {
-            let decision = decide(&*self.inner.policy, &self.peer, &name).await;
+            let grant = decide(&*self.inner.policy, &self.peer, &name).await;
             let Some(watched) = self.watches.map.get_mut(&name) else {
                 continue;
             };
-            match (&*watched, decision) {
-                (Watched::Granted(_), Decision::Deny(reason)) => {
+            match (&*watched, grant) {
+                (Watched::Granted { .. }, Err(reason)) => {
                     *watched = Watched::Denied;
                     self.on_denied(
                         &name,
@@ -272,17 +272,18 @@ impl<P: Protocol, I: Inbound<P::Request>> Pump<P, I> {
                         "no longer allowed by the policy; not sending it any more",
                     );
                 }
-                (Watched::Denied, Decision::Allow) => {
-                    let mut watch = self.inner.reader.watch(&source_name(&name));
+                (Watched::Granted { from: was, .. }, Ok(from)) if *was == from => {}
+                (_, Ok(from)) => {
+                    let mut watch = self.inner.reader.watch(&from);
                     let current = watch.current();
-                    *watched = Watched::Granted(watch);
                     tracing::info!(
-                        node = %self.node, peer = %self.peer, secret = %name,
+                        node = %self.node, peer = %self.peer, secret = %name, from = %from,
                         "now allowed by the policy; sending it"
                     );
+                    *watched = Watched::Granted { from, watch };
                     self.session.on_change(&name, current);
                 }
-                _ => {}
+                (Watched::Denied, Err(_)) => {}
             }
         }
     }
@@ -452,18 +453,27 @@ impl Protocol for Delta {
     }
 }
 
-/// Whether `peer` may have the secret a stream asks for as `requested`: the policy decides
-/// for the credential served (`NAME` for `sds://NAME`); a name `<name>-cacert` is also allowed
-/// when `<name>` is.
-pub(crate) async fn decide(policy: &dyn Policy, peer: &Peer, requested: &SecretName) -> Decision {
+/// What a peer may have of a requested name: the secret it is served from, or why not.
+pub(crate) type Grant = Result<SecretName, Cow<'static, str>>;
+
+/// Whether `peer` may have the secret a stream asks for as `requested`, and which secret it is
+/// served from: the policy decides for the credential (`NAME` for `sds://NAME`); a name
+/// `<name>-cacert` is also allowed when `<name>` is (served from the CA of what `<name>` is
+/// served from).
+pub(crate) async fn decide(policy: &dyn Policy, peer: &Peer, requested: &SecretName) -> Grant {
     let name = source_name(requested);
-    let decision = policy.decide(peer, &name).await;
-    if decision.is_allowed() {
-        return decision;
-    }
-    match name.strip_cacert() {
-        Some(credential) if policy.decide(peer, &credential).await.is_allowed() => Decision::Allow,
-        _ => decision,
+    let reason = match policy.decide(peer, &name).await {
+        Decision::Allow => return Ok(name),
+        Decision::AllowAs(served) => return Ok(served),
+        Decision::Deny(reason) => reason,
+    };
+    let Some(credential) = name.strip_cacert() else {
+        return Err(reason);
+    };
+    match policy.decide(peer, &credential).await {
+        Decision::Allow => Ok(name),
+        Decision::AllowAs(served) => Ok(served.cacert()),
+        Decision::Deny(_) => Err(reason),
     }
 }
 
@@ -476,13 +486,16 @@ struct Watches {
     map: BTreeMap<SecretName, Watched>,
     /// The policy's decisions about the names of the request being handled that are not
     /// subscribed yet.
-    decided: BTreeMap<SecretName, Decision>,
+    decided: BTreeMap<SecretName, Grant>,
 }
 
 /// One subscribed name.
 enum Watched {
-    /// Allowed: its changes are pushed.
-    Granted(SecretWatch),
+    /// Allowed: the secret it is served from is watched, its changes are pushed.
+    Granted {
+        from: SecretName,
+        watch: SecretWatch,
+    },
     /// Denied: never sent.
     Denied,
 }
@@ -508,16 +521,17 @@ impl Subscriptions for Watches {
                 // Every name of a request was decided before the session saw it; a name that
                 // was not (none) is denied.
                 let watched = match self.decided.remove(name) {
-                    Some(Decision::Allow) => {
-                        Watched::Granted(self.inner.reader.watch(&source_name(name)))
-                    }
-                    _ => Watched::Denied,
+                    Some(Ok(from)) => Watched::Granted {
+                        watch: self.inner.reader.watch(&from),
+                        from,
+                    },
+                    Some(Err(_)) | None => Watched::Denied,
                 };
                 entry.insert(watched)
             }
         };
         Ok(match watched {
-            Watched::Granted(watch) => watch.current(),
+            Watched::Granted { watch, .. } => watch.current(),
             Watched::Denied => None,
         })
     }
@@ -551,7 +565,7 @@ impl Watches {
     /// [`SecretWatch::current`].
     async fn changed(&mut self) {
         let mut granted = self.map.values_mut().filter_map(|watched| match watched {
-            Watched::Granted(watch) => Some(watch),
+            Watched::Granted { watch, .. } => Some(watch),
             Watched::Denied => None,
         });
         match (granted.next(), granted.next()) {

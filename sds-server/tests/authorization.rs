@@ -355,3 +355,40 @@ async fn a_socket_is_private_and_never_taken_over() {
     assert_eq!(mode & 0o777, 0o660);
     drop(listener);
 }
+
+/// Serves the name `mine` from the secret `a`, as Istio's rule serves a bare name from the
+/// peer's namespace.
+struct Alias;
+
+impl Policy for Alias {
+    fn decide<'a>(&'a self, _peer: &'a Peer, name: &'a SecretName) -> BoxFuture<'a, Decision> {
+        let decision = match name.as_str() {
+            "mine" => Decision::AllowAs(SecretName::new("a").expect("valid")),
+            _ => Decision::deny("only `mine`"),
+        };
+        std::future::ready(decision).boxed()
+    }
+}
+
+#[tokio::test]
+async fn a_name_can_be_served_from_another_secret() {
+    let harness = serve(Alias).await;
+    let mut client = client(&harness.path).await;
+    let fetched = client
+        .fetch_secrets(sotw(&["mine"], ""))
+        .await
+        .expect("allowed")
+        .into_inner();
+    assert_eq!(names(&fetched), ["mine"], "named as asked for");
+
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(sotw(&["mine", "a"], "")).await.expect("sent");
+    let mut stream = client
+        .stream_secrets(ReceiverStream::new(rx))
+        .await
+        .expect("a stream")
+        .into_inner();
+    let first = next(&mut stream).await;
+    assert_eq!(names(&first), ["mine"], "`a` itself is denied");
+    assert_eq!(first.resources[0].value, fetched.resources[0].value);
+}
