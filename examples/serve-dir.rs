@@ -3,6 +3,9 @@
 //! ```text
 //! cargo run --release --example serve-dir -- --demo
 //! cargo run --release --example serve-dir -- --dir /etc/sds --listen unix:/run/sds.sock
+//! cargo run --release --example serve-dir -- --dir /etc/sds --listen 0.0.0.0:15012 \
+//!     --tls-cert /etc/sds-tls/tls.crt --tls-key /etc/sds-tls/tls.key \
+//!     --client-ca /etc/sds-tls/ca.crt --policy /etc/sds-tls/policy.yaml
 //! ```
 //!
 //! `DIR/<name>/` holds `tls.crt` + `tls.key` (or `cert` + `key`) served as the SDS secret
@@ -12,6 +15,12 @@
 //! and exit status 2, not waited for. `--demo` makes a demo CA and an
 //! `httpbin.example.com` credential first, writes an Envoy bootstrap beside them, and prints
 //! how to point Envoy and curl at the server.
+//!
+//! Who gets which secret: on a Unix socket (mode 0600 unless `--socket-mode`), the server's
+//! own user and root; over TLS (`--tls-cert`, `--tls-key`, `--client-ca`), every client with a
+//! certificate from the client CA; over plain TCP (loopback only, unless `--insecure`), every
+//! client. `--policy FILE` replaces these defaults on every transport with a rules file
+//! (`sds_server::policy::RulesFile`), reloaded when it changes.
 
 mod serving;
 
@@ -22,7 +31,7 @@ use std::{
 
 use clap::Parser;
 use sds::{core::publish, fs::DirSource};
-use serving::Listen;
+use serving::{ChannelArgs, flags::Listen};
 
 /// Serve TLS credentials from a directory to Envoy over SDS (xDS v3).
 #[derive(Parser, Debug)]
@@ -35,13 +44,21 @@ struct Args {
     #[arg(long, required_unless_present = "demo")]
     dir: Option<PathBuf>,
 
-    /// Where to listen: `HOST:PORT` (e.g. 127.0.0.1:15012) or `unix:/path/to/socket`.
-    #[arg(long, default_value = "127.0.0.1:15012")]
-    listen: Listen,
+    #[command(flatten)]
+    channel: ChannelArgs,
+
+    /// Who may have which secret, on every transport: a rules file (YAML or JSON; see
+    /// `sds_server::policy::RulesFile`), reloaded when it changes. A file that cannot be used
+    /// at start is an error (exit status 2); later, the last good rules stay. Default: the
+    /// server's own user and root on a Unix socket, every client with a certificate from
+    /// --client-ca over TLS, every client over plain TCP.
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
 
     /// Generate a demo CA and an `httpbin.example.com` credential (under `target/sds-demo`
-    /// unless --dir is given) and print how to use them with Envoy and curl.
-    #[arg(long)]
+    /// unless --dir is given) and print how to use them with Envoy and curl (over plain TCP
+    /// or a Unix socket).
+    #[arg(long, conflicts_with = "tls_cert")]
     demo: bool,
 
     /// How long to wait for a burst of file changes to settle before reloading.
@@ -59,12 +76,12 @@ struct Args {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     serving::init_tracing();
     let args = Args::parse();
+    let transport = serving::transport(&args.channel);
 
     let dir = match (&args.dir, args.demo) {
         (Some(dir), false) => {
             if let Err(problem) = check_dir(dir) {
-                eprintln!("error: {problem}");
-                std::process::exit(2);
+                serving::fail(&problem);
             }
             dir.clone()
         }
@@ -72,9 +89,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let root = dir
                 .clone()
                 .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/sds-demo"));
-            demo::prepare(&root, &args.listen)?
+            demo::prepare(&root, &args.channel.listen)?
         }
     };
+    let policy = match &args.policy {
+        Some(path) => Some(serving::rules(path).await),
+        None => None,
+    };
+    let channel = serving::Channel::open(transport, policy).await;
 
     let source = DirSource::new(&dir)
         .debounce(args.debounce)
@@ -82,7 +104,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (reader, driver) = publish(source);
     let driver = tokio::spawn(driver);
     tracing::info!(dir = %dir.display(), "waiting for the first scan");
-    let served = serving::serve(reader, args.listen).await;
+    let served = serving::serve(reader, channel).await;
     driver.abort();
     served
 }

@@ -1,18 +1,30 @@
-//! What every serving example shares: the `--listen` address, logging, and a server that
-//! shuts down cleanly on SIGINT/SIGTERM.
+//! What every serving example shares: the transport flags (`--listen`, `--socket-mode`, TLS,
+//! `--insecure`), `--policy` rules files, logging, and a server that shuts down cleanly on
+//! SIGINT/SIGTERM.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+pub(crate) mod flags;
+mod policy;
+mod tls;
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use sds::{
     core::Reader,
-    server::{Limits, SdsService, connections, policy::AllowAnyPeer},
+    server::{
+        Limits, SdsService, connections,
+        policy::Policy,
+        tls::{self as server_tls, ServerTls},
+    },
 };
 use tokio::net::TcpListener;
 use tokio_stream::{
-    StreamExt as _,
+    Stream, StreamExt as _,
     wrappers::{TcpListenerStream, UnixListenerStream},
 };
 use tracing_subscriber::EnvFilter;
+
+pub(crate) use flags::{ChannelArgs, TlsFiles, Transport};
+pub(crate) use policy::{Chosen, rules};
 
 /// Logs to stderr, `info` unless `RUST_LOG` says otherwise, colours only on a terminal.
 pub(crate) fn init_tracing() {
@@ -38,33 +50,73 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
-/// Where to listen: `HOST:PORT` or `unix:/path`.
-#[derive(Clone, Debug)]
-pub(crate) enum Listen {
-    Tcp(SocketAddr),
-    Unix(PathBuf),
+/// Ends the process for a configuration that cannot be served: one `error:` line on stderr,
+/// exit status 2 (as clap does for a bad flag).
+pub(crate) fn fail(message: &str) -> ! {
+    eprintln!("error: {message}");
+    std::process::exit(2)
 }
 
-impl std::str::FromStr for Listen {
-    type Err = String;
+/// `error` and its sources, joined by `: `, on one line.
+pub(crate) fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(error) = source {
+        line = format!("{line}: {error}");
+        source = error.source();
+    }
+    line.replace('\n', " ")
+}
 
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.strip_prefix("unix:") {
-            Some(path) if !path.is_empty() => Ok(Listen::Unix(PathBuf::from(path))),
-            Some(_) => Err("`unix:` needs a path, e.g. unix:/run/sds.sock".to_owned()),
-            None => s
-                .parse()
-                .map(Listen::Tcp)
-                .map_err(|e| format!("expected HOST:PORT or unix:/path ({e})")),
-        }
+/// The transport `args` ask for; ends the process (status 2) if the flags do not go together.
+pub(crate) fn transport(args: &ChannelArgs) -> Transport {
+    args.transport().unwrap_or_else(|problem| fail(&problem))
+}
+
+/// Everything the server needs besides the secrets: where it listens, its TLS, its policy.
+pub(crate) struct Channel {
+    listener: Listener,
+    policy: Arc<dyn Policy>,
+}
+
+/// What to listen on.
+enum Listener {
+    Unix {
+        path: PathBuf,
+        mode: u32,
+    },
+    Tcp {
+        addr: std::net::SocketAddr,
+    },
+    Tls {
+        addr: std::net::SocketAddr,
+        tls: ServerTls,
+    },
+}
+
+impl Channel {
+    /// Serves `transport` with `chosen` (or the transport's default policy): reads the TLS
+    /// files, if any, and ends the process (status 2) if they cannot be used.
+    pub(crate) async fn open(transport: Transport, chosen: Option<Chosen>) -> Channel {
+        let listener = match transport.clone() {
+            Transport::Unix { path, mode } => Listener::Unix { path, mode },
+            Transport::Tcp { addr } => Listener::Tcp { addr },
+            Transport::Tls { addr, files } => match tls::follow(&files).await {
+                Ok(tls) => Listener::Tls { addr, tls },
+                Err(problem) => fail(&problem),
+            },
+        };
+        // Logged once the TLS files are known to be usable.
+        let policy = policy::resolve(&transport, chosen);
+        Channel { listener, policy }
     }
 }
 
-/// Waits for the first snapshot, logs what is served, and serves it over SDS on `listen`
+/// Waits for the first snapshot, logs what is served, and serves it over SDS on `channel`
 /// until SIGINT/SIGTERM.
 pub(crate) async fn serve(
     mut reader: Reader,
-    listen: Listen,
+    channel: Channel,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let snapshot = reader.ready().await?;
     tracing::info!(
@@ -78,27 +130,7 @@ pub(crate) async fn serve(
             .join(", "),
         "serving"
     );
-    let sds = match &listen {
-        // Over a Unix socket: the server's own user and root only (peer credentials).
-        Listen::Unix(_) => SdsService::new(reader),
-        // Plain TCP proves nothing about a client: on loopback any local process reads every
-        // secret; anywhere else, anyone who reaches the port would.
-        Listen::Tcp(addr) if addr.ip().is_loopback() => {
-            tracing::warn!(
-                address = %addr,
-                "plain TCP: every local user can read every secret; \
-                 prefer a Unix socket (unix:/path)"
-            );
-            SdsService::builder(reader).policy(AllowAnyPeer).build()
-        }
-        Listen::Tcp(addr) => {
-            return Err(format!(
-                "refusing plain TCP on {addr}: anyone who reaches it would read every private \
-                 key; listen on a Unix socket (unix:/path) or a loopback address"
-            )
-            .into());
-        }
-    };
+    let sds = SdsService::builder(reader).policy(channel.policy).build();
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .max_concurrent_streams(Limits::MAX_CONCURRENT_STREAMS)
@@ -114,29 +146,25 @@ pub(crate) async fn serve(
         }
     };
 
-    let served = match listen {
-        Listen::Tcp(addr) => {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-            tracing::info!(address = %listener.local_addr()?, "listening (TCP)");
-            // As tonic does for the listeners it binds itself: responses are small and must
-            // not wait for Nagle's algorithm (about 40 ms with delayed ACKs).
-            let accepted = TcpListenerStream::new(listener).map(|conn| {
-                let conn = conn?;
-                conn.set_nodelay(true)?;
-                Ok(conn)
-            });
-            let incoming = connections::guard(accepted, guard);
+    let served = match channel.listener {
+        Listener::Tcp { addr } => {
+            let incoming = tcp(addr, "listening (TCP)").await?;
+            let incoming = connections::guard(incoming, guard);
             drain(server.serve_with_incoming_shutdown(incoming, stop)).await
         }
-        Listen::Unix(path) => {
+        Listener::Tls { addr, tls } => {
+            let incoming = tcp(addr, "listening (TLS over TCP)").await?;
+            // `guard` outside: its handshake deadline covers the TLS handshake too.
+            let incoming = connections::guard(server_tls::accept(incoming, tls), guard);
+            drain(server.serve_with_incoming_shutdown(incoming, stop)).await
+        }
+        Listener::Unix { path, mode } => {
             let shown = path.display();
-            // Only the server's user may connect (the policy checks the peer's uid too).
-            let listener = connections::bind_unix(&path, 0o600)
+            // The policy checks the peer's uid too: the mode is a first fence.
+            let listener = connections::bind_unix(&path, mode)
                 .await
                 .map_err(|e| format!("cannot listen on unix:{shown}: {e}"))?;
-            tracing::info!(path = %shown, "listening (Unix socket)");
+            tracing::info!(path = %shown, mode = %format!("{mode:04o}"), "listening (Unix socket)");
             let incoming = connections::guard(UnixListenerStream::new(listener), guard);
             let served = drain(server.serve_with_incoming_shutdown(incoming, stop)).await;
             let _ = std::fs::remove_file(&path);
@@ -146,6 +174,27 @@ pub(crate) async fn serve(
     served?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Binds `addr` and logs `what` with the address bound; the connections it accepts.
+async fn tcp(
+    addr: std::net::SocketAddr,
+    what: &'static str,
+) -> Result<impl Stream<Item = std::io::Result<tokio::net::TcpStream>> + Unpin, String> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    tracing::info!(address = %local, "{what}");
+    // As tonic does for the listeners it binds itself: responses are small and must not wait
+    // for Nagle's algorithm (about 40 ms with delayed ACKs).
+    Ok(TcpListenerStream::new(listener).map(|conn| {
+        let conn = conn?;
+        conn.set_nodelay(true)?;
+        Ok(conn)
+    }))
 }
 
 /// Runs the server; once a shutdown has begun, gives connections a few seconds to close, and

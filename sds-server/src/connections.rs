@@ -400,8 +400,10 @@ pub(crate) fn budget(extensions: &http::Extensions) -> Option<Arc<ConnectionBudg
 
 /// What the transport proves about the client of a request: Unix-socket credentials, a TCP
 /// address, or a TCP address and the verified client certificate of a
-/// [`tls`](crate::tls) connection, accepted through [`guard`] or not.
-pub(crate) fn peer(extensions: &http::Extensions) -> Peer {
+/// [`tls`](crate::tls) connection, accepted through [`guard`] or not. The service decides with
+/// it; an embedder can read it too (in an interceptor, for its own logs) from the request's
+/// extensions: `connections::peer(request.extensions())`.
+pub fn peer(extensions: &http::Extensions) -> Peer {
     let tcp = |info: &TcpConnectInfo| info.remote_addr().map_or_else(Peer::unknown, Peer::tcp);
     let uds = |info: &UdsConnectInfo| {
         info.peer_cred.map_or_else(Peer::unknown, |cred| {

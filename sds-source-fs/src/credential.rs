@@ -65,7 +65,7 @@ pub(crate) struct Credential {
 /// One secret of a credential as parsed, with the digest of its inputs (their locations and
 /// bytes); no digest when the inputs could not be read.
 #[derive(Clone, Debug)]
-struct Parsed {
+pub(crate) struct Parsed {
     digest: Option<[u8; 32]>,
     result: Result<Arc<Secret>, sds_core::Error>,
 }
@@ -120,20 +120,12 @@ impl Credential {
             Some(previous) => (previous.pair.as_ref(), previous.ca.as_ref()),
             None => (None, None),
         };
-        let data = dir.join(KUBELET_DATA);
-        let mut attempt = 1;
-        let (present, seen, pair, ca) = loop {
-            let before = fs::read_link(&data).ok();
+        let (present, seen, pair, ca) = consistently(&[dir], || {
             let (Layout { pair, ca, present }, seen) = Layout::probe(dir);
             let pair = pair.map(|pair| pair_part(name, pair, now, old_pair, work));
             let ca = ca.map(|ca| ca_part(&name.cacert(), ca, now, old_ca, work));
-            let after = fs::read_link(&data).ok();
-            if before == after || attempt == MAX_ATTEMPTS {
-                break (present, seen, pair, ca);
-            }
-            tracing::debug!(dir = %layout::shown(dir), attempt, "..data changed while reading; reading again");
-            attempt += 1;
-        };
+            (present, seen, pair, ca)
+        });
 
         let parts = parts(name, pair.as_ref(), ca.as_ref());
         let recent = stamp.is_recent(looked_at)
@@ -227,19 +219,52 @@ fn parts(name: &SecretName, pair: Option<&Parsed>, ca: Option<&Parsed>) -> Vec<P
 /// Whether two reads give the same secrets and the same rejections.
 fn same_parts(a: &[Part], b: &[Part]) -> bool {
     a.len() == b.len()
-        && a.iter().zip(b).all(|((n1, r1), (n2, r2))| {
-            n1 == n2
-                && match (r1, r2) {
-                    (Ok(s1), Ok(s2)) => Arc::ptr_eq(s1, s2) || s1.version() == s2.version(),
-                    (Err(e1), Err(e2)) => e1.same_problem(e2),
-                    _ => false,
-                }
-        })
+        && a.iter()
+            .zip(b)
+            .all(|((n1, r1), (n2, r2))| n1 == n2 && same_result(r1, r2))
+}
+
+/// Whether two reads of one secret give the same secret, or the same rejection.
+pub(crate) fn same_result(
+    a: &Result<Arc<Secret>, sds_core::Error>,
+    b: &Result<Arc<Secret>, sds_core::Error>,
+) -> bool {
+    match (a, b) {
+        (Ok(s1), Ok(s2)) => Arc::ptr_eq(s1, s2) || s1.version() == s2.version(),
+        (Err(e1), Err(e2)) => e1.same_problem(e2),
+        _ => false,
+    }
+}
+
+/// Runs `read` again while kubelet's `..data` symlink in one of `dirs` changes under it (at
+/// most [`MAX_ATTEMPTS`] times), so that the files of a Secret volume read together come from
+/// one version of the Secret: a chain and its key, not the chain of one and the key of the
+/// next. Blocking.
+pub(crate) fn consistently<T>(dirs: &[&Path], mut read: impl FnMut() -> T) -> T {
+    let data = || {
+        dirs.iter()
+            .map(|dir| fs::read_link(dir.join(KUBELET_DATA)).ok())
+            .collect::<Vec<_>>()
+    };
+    let mut attempt = 1;
+    loop {
+        let before = data();
+        let result = read();
+        if before == data() || attempt == MAX_ATTEMPTS {
+            return result;
+        }
+        let dir = dirs
+            .first()
+            .map(|dir| layout::shown(dir))
+            .unwrap_or_default();
+        tracing::debug!(%dir, attempt, "..data changed while reading; reading again");
+        attempt += 1;
+    }
 }
 
 /// Adds to `out` the directory of every symlink on the way from `file` to what it names (its
 /// canonical path), unless a directory already there is the same one.
-fn link_dirs(file: &Path, out: &mut Vec<(PathBuf, FileId)>) {
+pub(crate) fn link_dirs(file: &Path, out: &mut Vec<(PathBuf, FileId)>) {
     let mut path = file.to_owned();
     for _ in 0..MAX_LINKS {
         let Ok(target) = fs::read_link(&path) else {
@@ -265,7 +290,7 @@ fn link_dirs(file: &Path, out: &mut Vec<(PathBuf, FileId)>) {
 
 /// The certificate chain and key of `name`, parsed unless `previous` was parsed from the same
 /// inputs.
-fn pair_part(
+pub(crate) fn pair_part(
     name: &SecretName,
     pair: Result<Pair, Problem>,
     now: UnixTime,
@@ -316,7 +341,7 @@ fn pair_part(
 }
 
 /// The CA bundle served as `cacert`, parsed unless `previous` was parsed from the same inputs.
-fn ca_part(
+pub(crate) fn ca_part(
     cacert: &SecretName,
     ca: Result<Ca, Problem>,
     now: UnixTime,
@@ -376,6 +401,11 @@ fn digest(tag: &[u8], inputs: &[(&str, &[u8])]) -> [u8; 32] {
 // === impl Parsed ===
 
 impl Parsed {
+    /// The secret, or why it is rejected.
+    pub(crate) fn result(&self) -> &Result<Arc<Secret>, sds_core::Error> {
+        &self.result
+    }
+
     fn problem(error: sds_core::Error) -> Self {
         Self {
             digest: None,

@@ -5,7 +5,9 @@
 //! directories are watched with inotify (through `notify-debouncer-full`), bursts of events are
 //! debounced into one reload, and a reload, on the blocking thread pool, reads and validates
 //! at the current time only the credentials whose files changed. [`scan`] is one read of
-//! everything, without watching.
+//! everything, without watching. [`FileSource`] serves a few credentials named by explicit
+//! file paths (e.g. the SDS server's own certificate and client CA) with the same parsing,
+//! validation and watching.
 //!
 //! # Watching, and what it cannot see
 //!
@@ -131,10 +133,12 @@
 
 mod credential;
 mod error;
+mod files;
 mod layout;
+mod reload;
 mod scan;
 mod source;
 mod stamp;
 mod watch;
 
-pub use crate::{error::Error, scan::scan, source::DirSource};
+pub use crate::{error::Error, files::FileSource, scan::scan, source::DirSource};

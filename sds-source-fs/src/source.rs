@@ -15,6 +15,7 @@ use tokio::{sync::Notify, time::Instant};
 use crate::{
     Error,
     layout::shown,
+    reload::{self, Wake},
     scan::{Credentials, Ignored, Scan, Scope},
     watch::Watcher,
 };
@@ -189,21 +190,16 @@ impl Reloader {
             };
             let source = self.source.clone();
             let dirty = Arc::clone(&self.dirty);
-            let reload = tokio::task::spawn_blocking(move || {
+            let reloaded = reload::blocking(move || {
                 let mut state = state.unwrap_or_else(|| Box::new(State::start(&source, dirty)));
                 let (scan, added) = state.reload(UnixTime::now(), full);
                 (state, scan, added)
-            });
-            let (state, scan, added) = match reload.await {
-                Ok(reloaded) => reloaded,
-                Err(error) => match error.try_into_panic() {
-                    Ok(panic) => std::panic::resume_unwind(panic),
-                    // The runtime is shutting down.
-                    Err(_) => {
-                        self.phase = Phase::Done;
-                        return None;
-                    }
-                },
+            })
+            .await;
+            let Some((state, scan, added)) = reloaded else {
+                // The runtime is shutting down.
+                self.phase = Phase::Done;
+                return None;
             };
             self.phase = Phase::Running(Some(state));
             self.rescan_at = Instant::now() + self.source.rescan;
@@ -218,26 +214,13 @@ impl Reloader {
     /// Waits for a reported change, the time a rejected certificate becomes valid, or the
     /// next rescan, whichever comes first.
     async fn wait(&mut self) {
-        let retry_at = self.retry_at;
-        let retry = async {
-            match retry_at {
-                Some(at) => {
-                    let wait = at
-                        .as_secs()
-                        .saturating_sub(UnixTime::now().as_secs())
-                        .saturating_add(1);
-                    tokio::time::sleep(Duration::from_secs(wait)).await;
-                }
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            () = self.dirty.notified() => {}
-            () = retry => {
+        match Wake::wait(&self.dirty, self.retry_at, self.rescan_at).await {
+            Wake::Changed => {}
+            Wake::Retry => {
                 tracing::debug!("reading again: a rejected certificate's notBefore has passed");
                 self.full = true;
             }
-            () = tokio::time::sleep_until(self.rescan_at) => {
+            Wake::Rescan => {
                 tracing::debug!(dir = %shown(&self.source.dir), "reading again: periodic rescan");
                 self.full = true;
             }
@@ -308,7 +291,8 @@ impl State {
     fn start(source: &DirSource, dirty: Arc<Notify>) -> Self {
         // Relative to the current directory; if that is gone, the reads say so.
         let dir = std::path::absolute(&source.dir).unwrap_or_else(|_| source.dir.clone());
-        let watcher = match Watcher::start(dir.clone(), source.debounce, source.rescan, dirty) {
+        let top = vec![dir.clone()];
+        let watcher = match Watcher::start(top, source.debounce, source.rescan, dirty) {
             Ok(watcher) => Some(watcher),
             Err(reason) => {
                 tracing::warn!(

@@ -5,7 +5,8 @@
 //! the nearest existing ancestor of `DIR` (so that the removal, creation or replacement of
 //! `DIR` or of any directory above it is seen), `DIR` itself (credentials coming and going),
 //! and each credential's directories (the directory and where its symlinks lead). The set
-//! is brought up to date on every reload. A directory that cannot be watched (no read
+//! is brought up to date on every reload. A [`FileSource`](crate::FileSource) watches the
+//! same way with several `DIR`s: the directories its files are in. A directory that cannot be watched (no read
 //! permission, the inotify watch limit reached) is reported once, naming it and why, and left
 //! to the periodic rescan; it takes no other watch down with it.
 
@@ -38,14 +39,15 @@ const MAX_TOP_ROUNDS: usize = 3;
 /// Why a directory is not watched when the inotify watch limit is reached.
 const WATCH_LIMIT: &str = "the inotify watch limit is reached (sysctl fs.inotify.max_user_watches)";
 
-/// The watches of one directory source. Every debounced batch of relevant events wakes `dirty`;
-/// bursts coalesce into one stored permit.
+/// The watches of one source: of a directory source, whose top directory is `DIR`, or of a
+/// file source, whose top directories are those its files are in. Every debounced batch of
+/// relevant events wakes `dirty`; bursts coalesce into one stored permit.
 ///
 /// Dropping the watcher stops its threads.
 pub(crate) struct Watcher {
     debouncer: Debouncer<RecommendedWatcher, FileIdMap>,
-    /// The credential directory, absolute.
-    dir: PathBuf,
+    /// The top directories, absolute: `DIR`, or the directories of a file source's files.
+    dirs: Vec<PathBuf>,
     /// Every directory watched, by the path its watch was set with.
     watched: HashMap<PathBuf, FileId>,
     /// The watches, by the directory they are on: one watch per directory, since
@@ -84,9 +86,10 @@ struct Unwatchable {
 #[derive(Debug, Default)]
 pub(crate) struct Changes {
     /// Something that cannot be pinned to one entry of `DIR` (`DIR` itself, a directory above
-    /// it, a directory outside it that a symlink leads into, lost events): read everything.
+    /// it, a directory outside it that a symlink leads into, lost events; with several top
+    /// directories, anything): read everything.
     pub(crate) everything: bool,
-    /// The entries of `DIR` in which something changed.
+    /// The entries of `DIR` in which something changed (with one top directory only).
     pub(crate) entries: HashSet<OsString>,
 }
 
@@ -127,24 +130,24 @@ enum Outcome {
 
 impl Watcher {
     /// Starts the watcher threads; nothing is watched until [`Watcher::watch_top`].
-    /// `dir` is absolute. Blocking.
+    /// `dirs`, the top directories, are absolute. Blocking.
     ///
     /// # Errors
     ///
     /// Why inotify cannot be used at all (e.g. the limit of inotify instances is reached).
     pub(crate) fn start(
-        dir: PathBuf,
+        dirs: Vec<PathBuf>,
         debounce: Duration,
         rescan: Duration,
         dirty: Arc<Notify>,
     ) -> Result<Self, String> {
         let noted = Arc::new(Mutex::new(Noted::default()));
         let on_events = {
-            let dir = dir.clone();
+            let dirs = dirs.clone();
             let noted = Arc::clone(&noted);
             move |result: DebounceEventResult| {
                 let relevant = match &result {
-                    Ok(events) => noted.lock().note(events, &dir),
+                    Ok(events) => noted.lock().note(events, &dirs),
                     Err(errors) => {
                         // One line per batch; notify's messages carry paths: escaped, cut.
                         if let Some(first) = errors.first() {
@@ -173,7 +176,7 @@ impl Watcher {
         .map_err(|error| reason(&error).unwrap_or_else(|| error.to_string()))?;
         Ok(Self {
             debouncer,
-            dir,
+            dirs,
             watched: HashMap::new(),
             by_id: HashMap::new(),
             noted,
@@ -194,13 +197,14 @@ impl Watcher {
         self.by_id.contains_key(&id)
     }
 
-    /// Whether `DIR` itself is watched: entries created, removed or renamed in it are reported.
+    /// Whether every top directory (`DIR`) itself is watched: entries created, removed or
+    /// renamed in it are reported.
     pub(crate) fn watches_dir(&self) -> bool {
-        self.watched.contains_key(&self.dir)
+        self.dirs.iter().all(|dir| self.watched.contains_key(dir))
     }
 
-    /// Watches `DIR` and its nearest existing ancestor as they are now: call it before reading
-    /// `DIR`, so that no change after the read is missed. Blocking.
+    /// Watches each top directory (`DIR`) and its nearest existing ancestor as they are now:
+    /// call it before reading, so that no change after the read is missed. Blocking.
     pub(crate) fn watch_top(&mut self) {
         self.forget_dropped();
         for _ in 0..MAX_TOP_ROUNDS {
@@ -217,8 +221,8 @@ impl Watcher {
         }
     }
 
-    /// Brings every watch up to date: `DIR`, its nearest existing ancestor, and the
-    /// directories of the credentials as just read; stops watching anything else. Returns how
+    /// Brings every watch up to date: the top directories (`DIR`), their nearest existing
+    /// ancestors, and the directories of the credentials as just read; stops watching anything else. Returns how
     /// many watches it added: a change made between the read and a new watch is missed, so
     /// the caller reads once more if any was. Blocking.
     pub(crate) fn sync<'a>(
@@ -288,21 +292,22 @@ impl Watcher {
         self.keep(id, sync.generation);
     }
 
-    /// The directories above the credentials to watch: `DIR` if it is one, and its nearest
-    /// existing ancestor.
+    /// The directories above the credentials to watch: each top directory (`DIR`) if it is
+    /// one, and its nearest existing ancestor.
     fn top(&self) -> Vec<(PathBuf, FileId)> {
-        let mut top = Vec::with_capacity(2);
+        let mut top = Vec::with_capacity(2 * self.dirs.len());
         let dir = |path: &Path| fs::metadata(path).ok().filter(|m| m.is_dir());
-        if let Some(metadata) = dir(&self.dir) {
-            top.push((self.dir.clone(), FileId::of(&metadata)));
-        }
-        if let Some((path, metadata)) = self
-            .dir
-            .ancestors()
-            .skip(1)
-            .find_map(|path| Some((path, dir(path)?)))
-        {
-            top.push((path.to_owned(), FileId::of(&metadata)));
+        for top_dir in &self.dirs {
+            if let Some(metadata) = dir(top_dir) {
+                top.push((top_dir.clone(), FileId::of(&metadata)));
+            }
+            if let Some((path, metadata)) = top_dir
+                .ancestors()
+                .skip(1)
+                .find_map(|path| Some((path, dir(path)?)))
+            {
+                top.push((path.to_owned(), FileId::of(&metadata)));
+            }
         }
         top
     }
@@ -404,7 +409,7 @@ impl Watcher {
 impl fmt::Debug for Watcher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Watcher")
-            .field("dir", &self.dir)
+            .field("dirs", &self.dirs)
             .field("watched", &self.watched.len())
             .field("unwatchable", &self.unwatchable.len())
             .finish_non_exhaustive()
@@ -414,8 +419,9 @@ impl fmt::Debug for Watcher {
 // === impl Noted ===
 
 impl Noted {
-    /// Notes what a debounced batch of events changed; returns whether anything relevant did.
-    fn note(&mut self, events: &[DebouncedEvent], dir: &Path) -> bool {
+    /// Notes what a debounced batch of events changed under the top directories `dirs`;
+    /// returns whether anything relevant did.
+    fn note(&mut self, events: &[DebouncedEvent], dirs: &[PathBuf]) -> bool {
         let mut relevant = false;
         for event in events {
             if drops_watches(event) {
@@ -429,7 +435,7 @@ impl Noted {
                 relevant = true;
             }
             for path in &event.paths {
-                match concerns(path, dir) {
+                match concerns_any(path, dirs) {
                     Concerns::Nothing => continue,
                     Concerns::Entry(entry) => {
                         self.changes.entries.insert(entry.to_owned());
@@ -460,6 +466,27 @@ fn may_change(event: &notify::Event) -> bool {
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
         EventKind::Access(_) => false,
         _ => true,
+    }
+}
+
+/// What an event on `path` may have changed under the top directories `dirs`. With one (a
+/// directory source's `DIR`), as [`concerns`] says; with several (a file source's
+/// directories), nothing for something beside one of them in a directory above it, else
+/// everything.
+fn concerns_any<'a>(path: &'a Path, dirs: &[PathBuf]) -> Concerns<'a> {
+    if let [dir] = dirs {
+        return concerns(path, dir);
+    }
+    let on_the_way = dirs
+        .iter()
+        .any(|dir| path.starts_with(dir) || dir.starts_with(path));
+    let beside = dirs
+        .iter()
+        .any(|dir| matches!(concerns(path, dir), Concerns::Nothing));
+    if beside && !on_the_way {
+        Concerns::Nothing
+    } else {
+        Concerns::Everything
     }
 }
 
@@ -502,9 +529,9 @@ fn reason(error: &notify::Error) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
+    use std::path::{Path, PathBuf};
 
-    use super::{Concerns, concerns};
+    use super::{Concerns, concerns, concerns_any};
 
     #[test]
     fn an_event_concerns_an_entry_everything_or_nothing() {
@@ -530,5 +557,31 @@ mod tests {
         assert_eq!(entry("/srv/sds/other"), None);
         assert_eq!(entry("/srv/sds/credentials.old"), None);
         assert_eq!(entry("/srv/unrelated"), None);
+    }
+
+    #[test]
+    fn with_several_top_directories_an_event_concerns_everything_or_nothing() {
+        let dirs = [PathBuf::from("/etc/sds/tls"), PathBuf::from("/var/ca")];
+        let concerned = |path: &str| match concerns_any(Path::new(path), &dirs) {
+            Concerns::Entry(_) => panic!("no entries with several top directories"),
+            Concerns::Everything => true,
+            Concerns::Nothing => false,
+        };
+        // In a top directory, on the way to one, or where a symlink leads: everything.
+        assert!(concerned("/etc/sds/tls/tls.crt"));
+        assert!(concerned("/var/ca/ca.crt"));
+        assert!(concerned("/etc/sds"));
+        assert!(concerned("/var"));
+        assert!(concerned("/opt/certbot/archive/cert1.pem"));
+        // Beside a top directory, in a directory above it: nothing.
+        assert!(!concerned("/etc/sds/other"));
+        assert!(!concerned("/etc/passwd"));
+        assert!(!concerned("/var/log"));
+        // One top directory: its entries, as for a directory source.
+        let one = [PathBuf::from("/etc/sds/tls")];
+        assert!(matches!(
+            concerns_any(Path::new("/etc/sds/tls/tls.key"), &one),
+            Concerns::Entry(entry) if entry == "tls.key"
+        ));
     }
 }

@@ -134,6 +134,12 @@ enum Inner {
 // === impl ApiError ===
 
 impl ApiError {
+    /// What a failed request of the client reports (for requests other than lists and
+    /// watches, e.g. a SubjectAccessReview).
+    pub(crate) fn from_client(error: kube::Error) -> Self {
+        ApiError(Inner::Client(Arc::new(error)))
+    }
+
     /// The HTTP status code the API server answered with, if it answered.
     pub fn status_code(&self) -> Option<u16> {
         self.status().map(|s| s.code)

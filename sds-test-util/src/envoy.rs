@@ -5,8 +5,10 @@
 //! * [`Envoy`] is a running Envoy process with its own temporary directory, admin endpoint on
 //!   `127.0.0.1:0`, log file, and admin helpers ([`Envoy::stat`], [`Envoy::listener_port`], ...).
 //!   Dropping it stops the process; if the test is panicking, the tail of Envoy's log is printed.
+//!   [`EnvoyBuilder::run_as`] runs it as another user (through `setpriv`; needs root).
 //! * [`SdsBootstrap`] and [`FilterChain`] build bootstrap YAML for a TLS listener whose
-//!   certificates come from an SDS server; [`StaticTls`] builds one with inline PEM material, and
+//!   certificates come from an SDS server, reached over plaintext or, with [`SdsTls`], mutual
+//!   TLS; [`StaticTls`] builds one with inline PEM material, and
 //!   [`validate_bootstrap`] runs `envoy --mode validate` to learn what Envoy itself thinks of it.
 //! * [`curl_https`] talks to a listener with `curl`, as a person would.
 //!
@@ -131,6 +133,7 @@ pub struct EnvoyBuilder {
     extra_args: Vec<String>,
     wait_for: WaitFor,
     timeout: Duration,
+    run_as: Option<(u32, u32)>,
 }
 
 impl EnvoyBuilder {
@@ -170,6 +173,19 @@ impl EnvoyBuilder {
         self
     }
 
+    /// Runs Envoy as user `uid` and group `gid`, with no supplementary groups, through
+    /// `setpriv` (util-linux): e.g. `run_as(65534, 65534)` for a proxy that is not the SDS
+    /// server's user. Envoy's directory ([`Envoy::dir`]: bootstrap, log, admin address file)
+    /// is given to that user; every other path the bootstrap names (a Unix socket, certificate
+    /// files) must be reachable by it.
+    ///
+    /// Changing user needs root (CI runs the tests as root): otherwise `setpriv` fails and
+    /// [`EnvoyBuilder::start`] panics saying so. It never falls back to the current user.
+    pub fn run_as(mut self, uid: u32, gid: u32) -> Self {
+        self.run_as = Some((uid, gid));
+        self
+    }
+
     /// Starts Envoy and waits as configured.
     ///
     /// # Panics
@@ -191,7 +207,26 @@ impl EnvoyBuilder {
             .try_clone()
             .expect("clone Envoy's stderr file handle");
 
-        let mut cmd = Command::new(&binary);
+        let mut cmd = match self.run_as {
+            Some((uid, gid)) => {
+                for path in [dir.path(), &bootstrap_path, &stderr_path] {
+                    std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap_or_else(|e| {
+                        panic!(
+                            "cannot give {} to uid {uid} (running Envoy as another user \
+                             needs root): {e}",
+                            path.display()
+                        )
+                    });
+                }
+                let mut cmd = Command::new("setpriv");
+                cmd.arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={gid}"))
+                    .args(["--clear-groups", "--"])
+                    .arg(&binary);
+                cmd
+            }
+            None => Command::new(&binary),
+        };
         cmd.arg("-c")
             .arg(&bootstrap_path)
             .args(["--base-id", &unique_base_id().to_string()])
@@ -211,9 +246,10 @@ impl EnvoyBuilder {
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("failed to spawn {}: {e}", binary.display()));
+        let child = cmd.spawn().unwrap_or_else(|e| match self.run_as {
+            Some(_) => panic!("failed to spawn `setpriv` (util-linux) to run Envoy: {e}"),
+            None => panic!("failed to spawn {}: {e}", binary.display()),
+        });
 
         let mut envoy = Envoy {
             child,
@@ -222,6 +258,7 @@ impl EnvoyBuilder {
             stderr_path,
             admin: None,
             log_printed: false,
+            run_as: self.run_as,
         };
         envoy.wait_until_started(&admin_path, self.wait_for, self.timeout);
         envoy
@@ -237,6 +274,7 @@ pub struct Envoy {
     stderr_path: PathBuf,
     admin: Option<SocketAddr>,
     log_printed: bool,
+    run_as: Option<(u32, u32)>,
 }
 
 impl Envoy {
@@ -261,6 +299,7 @@ impl Envoy {
             extra_args: Vec::new(),
             wait_for: WaitFor::Live,
             timeout: Duration::from_secs(60),
+            run_as: None,
         }
     }
 
@@ -269,7 +308,14 @@ impl Envoy {
         let mut last = String::from("admin address not written yet");
         loop {
             if let Some(status) = self.child.try_wait().expect("poll the Envoy process") {
-                self.fail_startup(&format!("Envoy exited during startup with {status}"));
+                let how = match self.run_as {
+                    // setpriv's own failure (not root) is on stderr, in the log tail.
+                    Some((uid, gid)) => {
+                        format!(" (run as uid {uid}, gid {gid} through setpriv, which needs root)")
+                    }
+                    None => String::new(),
+                };
+                self.fail_startup(&format!("Envoy exited during startup with {status}{how}"));
             }
             if self.admin.is_none()
                 && let Ok(text) = fs::read_to_string(admin_path)
@@ -703,6 +749,74 @@ pub enum SdsEndpoint {
     Unix(PathBuf),
 }
 
+/// TLS from Envoy to the SDS server (the cluster `sds`'s `UpstreamTlsContext`); see
+/// [`SdsBootstrap::sds_tls`].
+///
+/// Envoy offers ALPN `h2` and SNI [`SdsTls::sni`], trusts only the CA file
+/// [`SdsTls::trusted_ca`], and accepts only a server certificate with that name as a DNS SAN.
+/// It presents the client certificate from files, if one is given. Files are named by path
+/// (Envoy reads them at startup): they must be readable by the user Envoy runs as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SdsTls {
+    /// PEM file of the CA certificates that verify the SDS server.
+    pub trusted_ca: PathBuf,
+    /// The server name Envoy sends (SNI) and requires among the server certificate's DNS SANs.
+    pub sni: String,
+    /// PEM files of the client certificate chain and its private key, if Envoy presents one.
+    pub client_certificate: Option<(PathBuf, PathBuf)>,
+}
+
+impl SdsTls {
+    /// TLS trusting the CA certificates in `trusted_ca` for a server named `sni`, without a
+    /// client certificate.
+    pub fn new(trusted_ca: &Path, sni: &str) -> Self {
+        SdsTls {
+            trusted_ca: trusted_ca.to_owned(),
+            sni: sni.to_owned(),
+            client_certificate: None,
+        }
+    }
+
+    /// Presents the client certificate chain in `chain` (PEM, leaf first) with the key in
+    /// `key`.
+    pub fn client_certificate(mut self, chain: &Path, key: &Path) -> Self {
+        self.client_certificate = Some((chain.to_owned(), key.to_owned()));
+        self
+    }
+
+    /// The `transport_socket:` of the cluster `sds`, indented for it.
+    fn yaml(&self) -> String {
+        let i = "        ";
+        let file = |path: &Path| format!("{{filename: {}}}", yaml_str(&path.to_string_lossy()));
+        let client = match &self.client_certificate {
+            Some((chain, key)) => format!(
+                "{i}  tls_certificates:\n\
+                 {i}  - certificate_chain: {}\n\
+                 {i}    private_key: {}\n",
+                file(chain),
+                file(key),
+            ),
+            None => String::new(),
+        };
+        format!(
+            "    transport_socket:\n\
+             \x20     name: envoy.transport_sockets.tls\n\
+             \x20     typed_config:\n\
+             \x20       \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext\n\
+             \x20       sni: {sni}\n\
+             \x20       common_tls_context:\n\
+             {i}  alpn_protocols: [h2]\n\
+             {client}\
+             {i}  validation_context:\n\
+             {i}    trusted_ca: {ca}\n\
+             {i}    match_typed_subject_alt_names:\n\
+             {i}    - {{san_type: DNS, matcher: {{exact: {sni}}}}}\n",
+            sni = yaml_str(&self.sni),
+            ca = file(&self.trusted_ca),
+        )
+    }
+}
+
 /// One filter chain of the listener built by [`SdsBootstrap`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FilterChain {
@@ -765,6 +879,7 @@ pub struct SdsBootstrap {
     listener_name: String,
     initial_fetch_timeout: Option<Duration>,
     chains: Vec<FilterChain>,
+    sds_tls: Option<SdsTls>,
 }
 
 impl SdsBootstrap {
@@ -781,6 +896,7 @@ impl SdsBootstrap {
             listener_name: Self::DEFAULT_LISTENER.to_owned(),
             initial_fetch_timeout: None,
             chains: Vec::new(),
+            sds_tls: None,
         }
     }
 
@@ -813,6 +929,13 @@ impl SdsBootstrap {
     /// Adds a filter chain.
     pub fn chain(mut self, chain: FilterChain) -> Self {
         self.chains.push(chain);
+        self
+    }
+
+    /// Talks to the SDS server over TLS (a TCP endpoint), as [`SdsTls`] says; the default is
+    /// plaintext.
+    pub fn sds_tls(mut self, tls: SdsTls) -> Self {
+        self.sds_tls = Some(tls);
         self
     }
 
@@ -906,7 +1029,7 @@ impl SdsBootstrap {
             id = yaml_str(&self.node_id),
             cluster = yaml_str(&self.node_cluster),
             listener = yaml_str(&self.listener_name),
-            cluster_yaml = sds_cluster_yaml(&self.endpoint),
+            cluster_yaml = sds_cluster_yaml(&self.endpoint, self.sds_tls.as_ref()),
         )
     }
 }
@@ -942,8 +1065,9 @@ fn stat_safe(s: &str) -> String {
         .collect()
 }
 
-/// The static HTTP/2 cluster `sds` pointing at `endpoint` (list item under `clusters:`).
-fn sds_cluster_yaml(endpoint: &SdsEndpoint) -> String {
+/// The static HTTP/2 cluster `sds` pointing at `endpoint` (list item under `clusters:`), over
+/// TLS if `tls` is given.
+fn sds_cluster_yaml(endpoint: &SdsEndpoint, tls: Option<&SdsTls>) -> String {
     let address = match endpoint {
         SdsEndpoint::Tcp(addr) => format!(
             "{{socket_address: {{address: {}, port_value: {}}}}}",
@@ -964,7 +1088,9 @@ fn sds_cluster_yaml(endpoint: &SdsEndpoint) -> String {
          \x20       explicit_http_config: {{http2_protocol_options: {{}}}}\n\
          \x20   load_assignment:\n\
          \x20     cluster_name: sds\n\
-         \x20     endpoints: [{{lb_endpoints: [{{endpoint: {{address: {address}}}}}]}}]\n"
+         \x20     endpoints: [{{lb_endpoints: [{{endpoint: {{address: {address}}}}}]}}]\n\
+         {tls}",
+        tls = tls.map(SdsTls::yaml).unwrap_or_default(),
     )
 }
 
@@ -1289,6 +1415,39 @@ mod tests {
     }
 
     #[test]
+    fn sds_tls_bootstrap_passes_envoy_validation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        make_pki(dir.path(), &["sds.example", "gateway.example"], None);
+        let path = |file: &str| dir.path().join(file);
+        let server_only = SdsTls::new(&path("ca.crt"), "sds.example");
+        let mutual = server_only
+            .clone()
+            .client_certificate(&path("gateway.example.crt"), &path("gateway.example.key"));
+        for tls in [server_only, mutual] {
+            let yaml = SdsBootstrap::new(SdsEndpoint::Tcp(
+                "127.0.0.1:50051".parse().expect("socket address"),
+            ))
+            .sds_tls(tls.clone())
+            .chain(FilterChain::new("a-cert", &["a.example.com"]).mutual())
+            .to_yaml();
+            assert!(yaml.contains("UpstreamTlsContext"), "{yaml}");
+            if let Err(e) = validate_bootstrap(&yaml) {
+                panic!("Envoy rejected the SDS bootstrap with {tls:?}: {e}\n{yaml}");
+            }
+        }
+        // Envoy reads the files: a missing one is refused.
+        let missing = SdsTls::new(&path("no-such-ca.crt"), "sds.example");
+        let yaml = SdsBootstrap::new(SdsEndpoint::Tcp(
+            "127.0.0.1:50051".parse().expect("socket address"),
+        ))
+        .sds_tls(missing)
+        .chain(FilterChain::new("a-cert", &[]))
+        .to_yaml();
+        let err = validate_bootstrap(&yaml).expect_err("a missing CA file is refused");
+        assert!(err.contains("no-such-ca.crt"), "{err}");
+    }
+
+    #[test]
     fn validate_bootstrap_reports_envoy_error_strings() {
         let dir = tempfile::tempdir().expect("tempdir");
         make_pki(dir.path(), &["ok.example.com"], None);
@@ -1378,6 +1537,36 @@ mod tests {
         let status = envoy.stop().expect("reaped");
         assert!(status.success(), "Envoy exited with {status} after SIGTERM");
         assert!(!envoy.is_running());
+    }
+
+    /// CI runs as root; elsewhere `setpriv` cannot change user and this test fails (it must not
+    /// skip: the tests that need another user would prove nothing).
+    #[test]
+    fn runs_envoy_as_another_user() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        make_pki(dir.path(), &["static.example.com"], None);
+        let tls = StaticTls::new(
+            &read(dir.path(), "static.example.com.crt"),
+            &read(dir.path(), "static.example.com.key"),
+        );
+        let envoy = Envoy::builder(&tls.to_yaml()).run_as(65534, 65534).start();
+        let status =
+            fs::read_to_string(format!("/proc/{}/status", envoy.pid())).expect("Envoy's status");
+        let ids = |field: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(field))
+                .map(|ids| ids.split_whitespace().collect::<Vec<_>>())
+                .unwrap_or_default()
+        };
+        assert_eq!(ids("Uid:"), ["65534"; 4], "{status}");
+        assert_eq!(ids("Gid:"), ["65534"; 4], "{status}");
+        assert!(ids("Groups:").is_empty(), "{status}");
+        let port = envoy.listener_port("static");
+        let res = curl_https("static.example.com", port, &dir.path().join("ca.crt"), None);
+        assert!(res.success(), "{res:?}");
+        // Its log file, in the directory given to it, is written.
+        envoy.wait_for_log("starting main dispatch loop", Duration::from_secs(10));
     }
 
     #[test]
