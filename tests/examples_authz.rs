@@ -9,15 +9,12 @@
 
 use std::{
     fs,
-    future::poll_fn,
-    io::{self, BufRead as _, BufReader, Read as _, Write as _},
+    io::{self, BufRead as _, BufReader, Read as _},
     net::SocketAddr,
     os::unix::fs::{MetadataExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
-    pin::Pin,
     process::{Child, Command, Stdio},
     sync::{Arc, OnceLock},
-    task::{Context, Poll, ready},
     time::{Duration, Instant},
 };
 
@@ -34,13 +31,13 @@ use sds::{
         },
     },
     server::tls::rustls::{
-        self, ClientConfig, ClientConnection, RootCertStore,
+        self, ClientConfig, RootCertStore,
         pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject as _},
     },
 };
 use sds_test_util::certs::{Ca, KeyKind, Leaf, Validity};
 use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
+    io::{AsyncRead, AsyncWrite},
     net::TcpStream,
 };
 
@@ -548,10 +545,10 @@ async fn tls_needs_a_client_certificate_and_follows_its_files() {
 
     // With a client certificate: the secret, over FetchSecrets.
     let with_certificate = client_config(&server_ca, Some(&gateway));
-    let tls = TlsClient::connect(addr, Arc::clone(&with_certificate))
+    let tls = connect(addr, Arc::clone(&with_certificate))
         .await
         .expect("a handshake");
-    assert_eq!(tls.presented(), server_v1.cert_der);
+    assert_eq!(presented(&tls), server_v1.cert_der);
     let mut grpc = Grpc::open(tls).await;
     let fetched = grpc.fetch("httpbin").await.expect("FetchSecrets answers");
     assert_eq!(chain_of(&fetched, "httpbin"), httpbin_v1.cert_der);
@@ -570,8 +567,8 @@ async fn tls_needs_a_client_certificate_and_follows_its_files() {
     // The server's certificate rotates on disk: new handshakes present the new one.
     TlsFiles::write(&work, &server_v2, &client_ca);
     eventually("a new handshake presents the new certificate", async || {
-        let tls = TlsClient::connect(addr, Arc::clone(&with_certificate)).await;
-        tls.is_ok_and(|tls| tls.presented() == server_v2.cert_der)
+        let tls = connect(addr, Arc::clone(&with_certificate)).await;
+        tls.is_ok_and(|tls| presented(&tls) == server_v2.cert_der)
     })
     .await;
 
@@ -593,7 +590,7 @@ async fn tls_needs_a_client_certificate_and_follows_its_files() {
     let with_next = client_config(&server_ca, Some(&next_gateway));
     eventually(
         "a certificate of the new client CA is accepted",
-        async || match TlsClient::connect(addr, Arc::clone(&with_next)).await {
+        async || match connect(addr, Arc::clone(&with_next)).await {
             Ok(tls) => Grpc::try_open(tls).await.is_some(),
             Err(_) => false,
         },
@@ -621,7 +618,7 @@ async fn eventually(what: &str, mut attempt: impl AsyncFnMut() -> bool) {
 /// Asserts that a client with `config` cannot talk to the server: the handshake fails, or
 /// (TLS 1.3: the server verifies the client last) the connection ends at the first read.
 async fn refused(addr: SocketAddr, config: Arc<ClientConfig>) {
-    let Ok(tls) = TlsClient::connect(addr, config).await else {
+    let Ok(tls) = connect(addr, config).await else {
         return;
     };
     assert!(
@@ -681,146 +678,29 @@ fn chain_of(response: &DiscoveryResponse, name: &str) -> Vec<u8> {
         .to_vec()
 }
 
-// === A TLS client on rustls alone ===
+// === A TLS client ===
 
-/// A TLS client connection over TCP: rustls' `ClientConnection` pumped by hand (the root
-/// package has no tokio-rustls). Reads and writes plaintext once connected.
-struct TlsClient {
-    tcp: TcpStream,
-    tls: ClientConnection,
-    /// TLS records rustls produced that the socket has not taken yet.
-    outgoing: Vec<u8>,
+/// A TLS client connection over TCP.
+type TlsClient = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// Connects to `addr` and completes the handshake, as the client sees it.
+async fn connect(addr: SocketAddr, config: Arc<ClientConfig>) -> io::Result<TlsClient> {
+    let tcp = TcpStream::connect(addr).await?;
+    let name = ServerName::try_from(SERVER_NAME).expect("a server name");
+    let handshake = tokio_rustls::TlsConnector::from(config).connect(name, tcp);
+    tokio::time::timeout(WAIT, handshake)
+        .await
+        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
 }
 
-impl TlsClient {
-    /// Connects and completes the handshake, as the client sees it.
-    async fn connect(addr: SocketAddr, config: Arc<ClientConfig>) -> io::Result<TlsClient> {
-        let tcp = TcpStream::connect(addr).await?;
-        let name = ServerName::try_from(SERVER_NAME).expect("a server name");
-        let tls = ClientConnection::new(config, name).map_err(io::Error::other)?;
-        let mut client = TlsClient {
-            tcp,
-            tls,
-            outgoing: Vec::new(),
-        };
-        let handshake = poll_fn(|cx| client.poll_handshake(cx));
-        tokio::time::timeout(WAIT, handshake)
-            .await
-            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
-        Ok(client)
-    }
-
-    /// The leaf certificate (DER) the server presented.
-    fn presented(&self) -> Vec<u8> {
-        self.tls
-            .peer_certificates()
-            .and_then(|chain| chain.first())
-            .expect("a server certificate")
-            .to_vec()
-    }
-
-    fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.tls.is_handshaking() {
-            ready!(self.poll_send(cx))?;
-            if self.tls.is_handshaking() && ready!(self.poll_receive(cx))? == 0 {
-                return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
-            }
-        }
-        self.poll_send(cx)
-    }
-
-    /// Sends every record rustls has to send.
-    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        loop {
-            while !self.outgoing.is_empty() {
-                let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.outgoing))?;
-                if n == 0 {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-                }
-                self.outgoing.drain(..n);
-            }
-            if !self.tls.wants_write() {
-                return Poll::Ready(Ok(()));
-            }
-            self.tls.write_tls(&mut self.outgoing)?;
-        }
-    }
-
-    /// Receives what the socket has and hands it to rustls; the bytes received (0: EOF).
-    fn poll_receive(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        let mut buf = [0; 16 * 1024];
-        let mut read = ReadBuf::new(&mut buf);
-        ready!(Pin::new(&mut self.tcp).poll_read(cx, &mut read))?;
-        let mut received = read.filled();
-        let len = received.len();
-        while !received.is_empty() {
-            self.tls.read_tls(&mut received)?;
-            if let Err(error) = self.tls.process_new_packets() {
-                // Sends the alert rustls queued, if the socket takes it.
-                let _ = self.poll_send(cx);
-                return Poll::Ready(Err(io::Error::other(error)));
-            }
-        }
-        Poll::Ready(Ok(len))
-    }
-}
-
-impl AsyncRead for TlsClient {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        loop {
-            match this.tls.reader().read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                Err(error) => return Poll::Ready(Err(error)),
-            }
-            if let Poll::Ready(Err(error)) = this.poll_send(cx) {
-                return Poll::Ready(Err(error));
-            }
-            if ready!(this.poll_receive(cx))? == 0 {
-                return Poll::Ready(Ok(()));
-            }
-        }
-    }
-}
-
-impl AsyncWrite for TlsClient {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let n = this.tls.writer().write(buf)?;
-        if let Poll::Ready(Err(error)) = this.poll_send(cx) {
-            return Poll::Ready(Err(error));
-        }
-        if n == 0 && !buf.is_empty() {
-            // rustls' buffer is full: the socket taking records makes room.
-            return Poll::Pending;
-        }
-        Poll::Ready(Ok(n))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        ready!(this.poll_send(cx))?;
-        Pin::new(&mut this.tcp).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        this.tls.send_close_notify();
-        ready!(this.poll_send(cx))?;
-        Pin::new(&mut this.tcp).poll_shutdown(cx)
-    }
+/// The leaf certificate (DER) the server presented on `tls`.
+fn presented(tls: &TlsClient) -> Vec<u8> {
+    tls.get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .expect("a server certificate")
+        .to_vec()
 }
 
 // === gRPC on h2 ===

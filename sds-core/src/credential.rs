@@ -249,9 +249,12 @@ impl TrustBundle {
         if anchors.is_empty() {
             return Err(pem::missing(ca_origin, "CERTIFICATE", &blocks, ca.bytes));
         }
-        for (cert, position) in parse_certificates(ca_origin, &anchors)?.iter().zip(1..) {
+        let parsed = parse_certificates(ca_origin, &anchors)?;
+        for (cert, position) in parsed.iter().zip(1..) {
             warn_about_anchor(ca_origin, position, cert, now);
         }
+        let anchor_info = parsed.iter().map(x509::info).collect();
+        drop(parsed);
         check_crls(ca_origin, &crls, now)?;
 
         if let Some(crl) = crl {
@@ -282,6 +285,7 @@ impl TrustBundle {
         });
         Ok(TrustBundle {
             anchors,
+            anchor_info,
             crls,
             version,
         })
@@ -546,5 +550,42 @@ mod tests {
         let debug = format!("{input:?}");
         assert!(debug.contains("/d/tls.key"), "{debug}");
         assert!(!debug.contains("BEGIN"), "{debug}");
+    }
+
+    #[test]
+    fn names_and_ca_subjects_are_kept_for_operators() {
+        use sds_test_util::certs::{Ca, KeyKind, Validity};
+
+        let name = SecretName::new("spiffe").expect("a valid name");
+        let root = Ca::new("Info Root");
+        let leaf = root.issue_with_uris(
+            &["spiffe://cluster.local/ns/a/sa/gw"],
+            &["gw.example.com"],
+            KeyKind::EcP256Pkcs8,
+            Validity::current(),
+        );
+        let cert = CertifiedKey::from_pem(
+            &name,
+            Input::new("tls.crt", leaf.chain_pem.as_bytes()),
+            Input::new("tls.key", leaf.key_pem.as_bytes()),
+            UnixTime::now(),
+        )
+        .expect("a valid credential");
+        assert_eq!(cert.leaf().uris(), ["spiffe://cluster.local/ns/a/sa/gw"]);
+        assert_eq!(cert.leaf().dns_names(), ["gw.example.com"]);
+        assert_eq!(cert.key().algorithm().to_string(), "ECDSA P-256");
+
+        let other = Ca::new("Other Root");
+        let cas = format!("{}{}", root.cert_pem(), other.cert_pem());
+        let bundle = TrustBundle::from_pem(
+            &name,
+            Input::new("ca.crt", cas.as_bytes()),
+            None,
+            UnixTime::now(),
+        )
+        .expect("a valid bundle");
+        let subjects: Vec<&str> = bundle.anchor_info().iter().map(|c| c.subject()).collect();
+        assert_eq!(subjects, ["CN=Info Root", "CN=Other Root"]);
+        assert!(bundle.anchor_info()[0].not_after() > UnixTime::now());
     }
 }

@@ -107,6 +107,17 @@ pub enum OcspCertStatus {
     Unknown,
 }
 
+/// `good`, `revoked` or `unknown`, as RFC 6960 names them.
+impl fmt::Display for OcspCertStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OcspCertStatus::Good => "good",
+            OcspCertStatus::Revoked => "revoked",
+            OcspCertStatus::Unknown => "unknown",
+        })
+    }
+}
+
 /// Why an OCSP staple is refused: the problem of an [`ErrorKind::InvalidOcspStaple`].
 ///
 /// Messages tell positions (byte offsets in the staple) and structure, never the bytes.

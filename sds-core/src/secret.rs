@@ -121,6 +121,18 @@ pub enum KeyAlgorithm {
     Ed25519,
 }
 
+/// `RSA 2048`, `ECDSA P-256`, `ECDSA P-384` or `Ed25519`.
+impl fmt::Display for KeyAlgorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyAlgorithm::Rsa { bits } => write!(f, "RSA {bits}"),
+            KeyAlgorithm::EcdsaP256 => f.write_str("ECDSA P-256"),
+            KeyAlgorithm::EcdsaP384 => f.write_str("ECDSA P-384"),
+            KeyAlgorithm::Ed25519 => f.write_str("Ed25519"),
+        }
+    }
+}
+
 /// A private key. Never `Clone`; `Debug` prints `[redacted]`; the bytes are zeroized on drop.
 pub struct PrivateKey {
     pub(crate) der: Zeroizing<Vec<u8>>,
@@ -161,6 +173,8 @@ impl fmt::Debug for PrivateKey {
 #[derive(Debug)]
 pub struct TrustBundle {
     pub(crate) anchors: Vec<CertificateDer<'static>>,
+    /// What each of `anchors` says about itself, parsed once at validation.
+    pub(crate) anchor_info: Vec<CertificateInfo>,
     pub(crate) crls: Vec<CertificateRevocationListDer<'static>>,
     pub(crate) version: Version,
 }
@@ -171,6 +185,12 @@ impl TrustBundle {
     /// The CA certificates, in the order given.
     pub fn anchors(&self) -> &[CertificateDer<'static>] {
         &self.anchors
+    }
+
+    /// What each CA certificate says about itself (subject, validity, names), in the order
+    /// of [`TrustBundle::anchors`].
+    pub fn anchor_info(&self) -> &[CertificateInfo] {
+        &self.anchor_info
     }
 
     /// The CRLs, possibly none.
@@ -193,6 +213,7 @@ pub struct CertificateInfo {
     pub(crate) not_before: UnixTime,
     pub(crate) not_after: UnixTime,
     pub(crate) dns_names: Vec<String>,
+    pub(crate) uris: Vec<String>,
 }
 
 // === impl CertificateInfo ===
@@ -226,5 +247,11 @@ impl CertificateInfo {
     /// DNS subject alternative names.
     pub fn dns_names(&self) -> &[String] {
         &self.dns_names
+    }
+
+    /// URI subject alternative names, e.g. SPIFFE IDs
+    /// (`spiffe://cluster.local/ns/default/sa/httpbin`).
+    pub fn uris(&self) -> &[String] {
+        &self.uris
     }
 }

@@ -80,18 +80,16 @@ impl fmt::Display for Problem<'_> {
 
 /// What a certificate says about itself, as owned data.
 pub(crate) fn info(cert: &X509Certificate<'_>) -> CertificateInfo {
-    let dns_names = match cert.subject_alternative_name() {
-        Ok(Some(san)) => san
-            .value
-            .general_names
-            .iter()
-            .filter_map(|name| match name {
-                GeneralName::DNSName(dns) => Some((*dns).to_owned()),
-                _ => None,
-            })
-            .collect(),
-        _ => Vec::new(),
-    };
+    let (mut dns_names, mut uris) = (Vec::new(), Vec::new());
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::DNSName(dns) => dns_names.push((*dns).to_owned()),
+                GeneralName::URI(uri) => uris.push((*uri).to_owned()),
+                _ => {}
+            }
+        }
+    }
     let validity = cert.validity();
     CertificateInfo {
         subject: cert.subject().to_string(),
@@ -100,6 +98,7 @@ pub(crate) fn info(cert: &X509Certificate<'_>) -> CertificateInfo {
         not_before: unix_time(validity.not_before),
         not_after: unix_time(validity.not_after),
         dns_names,
+        uris,
     }
 }
 

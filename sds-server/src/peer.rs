@@ -12,6 +12,7 @@ use sds_core::Untrusted;
 
 /// The identity the transport proves for a client, and its address.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Peer {
     unix: Option<UnixCredentials>,
     certificate: Option<CertificateIdentity>,
@@ -21,6 +22,7 @@ pub struct Peer {
 /// The credentials of a Unix-socket peer, as the kernel reports them (`SO_PEERCRED`): those of
 /// the process that connected, when it connected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct UnixCredentials {
     /// The peer's effective user id.
     pub uid: u32,
@@ -32,6 +34,7 @@ pub struct UnixCredentials {
 
 /// The names of a client certificate the server verified: its subject alternative names.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct CertificateIdentity {
     /// URI SANs, e.g. SPIFFE IDs `spiffe://cluster.local/ns/a/sa/gateway`.
     pub uris: Vec<String>,

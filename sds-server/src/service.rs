@@ -10,6 +10,8 @@ use std::{
 };
 
 use sds_core::Reader;
+
+use crate::inventory::{self, Client, SecretInfo};
 use tonic::Status;
 
 use crate::{
@@ -17,9 +19,11 @@ use crate::{
     encode::Encoder,
     limits::Budget,
     policy::{Policy, UnixPeers},
+    rollout::Rollouts,
     session::{Refusal, StreamLimits},
     shutdown::Shutdown,
     status,
+    stream::Registry,
     warnings::Warnings,
 };
 
@@ -46,6 +50,10 @@ pub(crate) struct Inner {
     pub(crate) warnings: Warnings,
     /// Who may have which secret.
     pub(crate) policy: Arc<dyn Policy>,
+    /// Every open stream, for [`SdsService::clients`].
+    pub(crate) clients: Registry,
+    /// The pushes of each watched secret's new versions, summed up in one line each.
+    pub(crate) rollouts: Rollouts,
 }
 
 #[derive(Default)]
@@ -129,6 +137,27 @@ impl SdsService {
         self.inner.shutdown.trigger();
     }
 
+    /// What every open stream's client holds, in the order the streams opened: who it is
+    /// (and claims to be), and for each name it subscribes to the version sent, the version
+    /// ACKed, the last NACK, whether the policy denies it and since when it waits. See
+    /// [`inventory`] for the JSON form.
+    ///
+    /// Each stream is read under its own lock, briefly, one after the other: the whole is not
+    /// one instant, each stream's part is.
+    pub fn clients(&self) -> Vec<Client> {
+        self.inner.clients.clients()
+    }
+
+    /// What every secret being served is (name, version, kind, certificate names and
+    /// validity, CAs, OCSP staple), in name order; empty before the first snapshot. Never
+    /// key material.
+    pub fn secrets(&self) -> Vec<SecretInfo> {
+        self.inner
+            .reader
+            .current()
+            .map_or_else(Vec::new, |snapshot| inventory::secrets(&snapshot))
+    }
+
     /// A snapshot of the service's counters.
     pub fn stats(&self) -> Stats {
         let c = &self.inner.counters;
@@ -182,6 +211,8 @@ impl Builder {
                 shutdown: Arc::default(),
                 warnings: Warnings::default(),
                 policy: self.policy,
+                clients: Registry::default(),
+                rollouts: Rollouts::default(),
             }),
         }
     }

@@ -1,13 +1,15 @@
 //! The SDS protocol as a state machine without I/O.
 //!
 //! A [`Sotw`] or [`Delta`] session holds one stream's state: which names it subscribes to,
-//! what it last sent, and the nonce of the last response. The service feeds it requests and
+//! what it last sent, what the client ACKed and NACKed of each (read through [`NameView`]),
+//! and the nonce of the last response. The service feeds it requests and
 //! secret changes; it answers with responses to send. Watching secrets is delegated to a
 //! [`Subscriptions`] implementation, so tests drive sessions with a plain map.
 
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
     sync::Arc,
+    time::SystemTime,
 };
 
 use sds_core::{Secret, SecretName, Untrusted, Version};
@@ -23,6 +25,11 @@ pub(crate) trait Subscriptions {
     fn subscribe(&mut self, name: &SecretName) -> Result<Option<Arc<Secret>>, Refusal>;
     /// Stops watching `name`.
     fn unsubscribe(&mut self, name: &SecretName);
+    /// The client answered a response that carried `version` of `name`: ACKed it
+    /// (`accepted`) or NACKed it. Called once per name the answer settles.
+    fn answered(&mut self, name: &SecretName, version: Version, accepted: bool) {
+        let _ = (name, version, accepted);
+    }
 }
 
 /// Why a request cannot be processed; the stream ends with this.
@@ -90,13 +97,16 @@ pub(crate) struct Rejection {
 }
 
 /// A state-of-the-world request, as the session sees it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct SotwRequest<'a> {
     pub(crate) version_info: &'a str,
     pub(crate) resource_names: &'a [String],
     pub(crate) type_url: &'a str,
     pub(crate) response_nonce: &'a str,
     pub(crate) error_detail: Option<Rejection>,
+    /// When it was received: recorded for the names it subscribes to and its NACK. The
+    /// session never reads the clock.
+    pub(crate) at: SystemTime,
 }
 
 /// A state-of-the-world response to send.
@@ -110,7 +120,7 @@ pub(crate) struct SotwResponse {
 }
 
 /// An incremental request, as the session sees it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct DeltaRequest<'a> {
     pub(crate) type_url: &'a str,
     pub(crate) subscribe: &'a [String],
@@ -118,6 +128,8 @@ pub(crate) struct DeltaRequest<'a> {
     pub(crate) initial_resource_versions: Vec<(&'a str, &'a str)>,
     pub(crate) response_nonce: &'a str,
     pub(crate) error_detail: Option<Rejection>,
+    /// When it was received (see [`SotwRequest::at`]).
+    pub(crate) at: SystemTime,
 }
 
 /// An incremental response to send.
@@ -126,6 +138,101 @@ pub(crate) struct DeltaResponse {
     pub(crate) nonce: Nonce,
     pub(crate) resources: Vec<(SecretName, Arc<Secret>)>,
     pub(crate) removed: Vec<SecretName>,
+}
+
+/// What a session keeps about one subscribed name besides what it sent: when it was
+/// subscribed to, until the client answers a response that carried it; then what the client
+/// made of it. Read through [`NameView`]. At most 48 bytes: most subscriptions are idle.
+#[derive(Debug)]
+pub(crate) enum NameState {
+    /// The client answered nothing about it yet: since when the stream subscribes to it.
+    Unanswered { since: SystemTime },
+    /// The client answered a response that carried it.
+    Answered {
+        /// The last version of it the client ACKed on this stream.
+        acked: Option<Version>,
+        /// The last NACK of a response that carried it (rare: boxed, to keep entries small).
+        nack: Option<Box<LastNack>>,
+    },
+}
+
+/// The last NACK of a response that carried a name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct LastNack {
+    /// The version of the name the rejected response carried.
+    pub(crate) version: Version,
+    /// The `error_detail` code.
+    pub(crate) code: i32,
+    /// Envoy's message, escaped and cut short (client text); shared by the names of one
+    /// response.
+    pub(crate) message: Arc<str>,
+    /// When the NACK was received.
+    pub(crate) at: SystemTime,
+}
+
+/// One subscribed name as the session knows it, for [`Client`](crate::inventory::Client).
+#[derive(Debug)]
+pub(crate) struct NameView<'a> {
+    pub(crate) name: &'a SecretName,
+    /// The version of it the stream sent last, if it sent one (and it was not removed since).
+    pub(crate) sent: Option<Version>,
+    pub(crate) acked: Option<Version>,
+    pub(crate) nack: Option<&'a LastNack>,
+    /// When the stream subscribed to it, if nothing of it was sent or answered since.
+    pub(crate) waiting_since: Option<SystemTime>,
+}
+
+impl NameState {
+    fn view<'a>(&'a self, name: &'a SecretName, sent: Option<Version>) -> NameView<'a> {
+        let (acked, nack, waiting_since) = match self {
+            NameState::Unanswered { since } => (None, None, sent.is_none().then_some(*since)),
+            NameState::Answered { acked, nack } => (*acked, nack.as_deref(), None),
+        };
+        NameView {
+            name,
+            sent,
+            acked,
+            nack,
+            waiting_since,
+        }
+    }
+
+    /// The client ACKed `version`.
+    fn ack(&mut self, version: Version) {
+        match self {
+            NameState::Unanswered { .. } => {
+                *self = NameState::Answered {
+                    acked: Some(version),
+                    nack: None,
+                }
+            }
+            NameState::Answered { acked, .. } => *acked = Some(version),
+        }
+    }
+
+    /// The client NACKed a response that carried the name.
+    fn nack(&mut self, last: LastNack) {
+        match self {
+            NameState::Unanswered { .. } => {
+                *self = NameState::Answered {
+                    acked: None,
+                    nack: Some(Box::new(last)),
+                }
+            }
+            NameState::Answered { nack, .. } => *nack = Some(Box::new(last)),
+        }
+    }
+}
+
+/// Most characters of a NACK message kept for [`LastNack`]: what the request reader keeps
+/// (`MAX_NACK_MESSAGE` bytes).
+const NACK_MESSAGE_CHARS: usize = crate::requests::MAX_NACK_MESSAGE;
+
+impl LastNack {
+    /// The message of `rejection`, escaped and cut short once, to share between names.
+    fn message(rejection: &Rejection) -> Arc<str> {
+        Arc::from(Untrusted::new(&rejection.message, NACK_MESSAGE_CHARS).to_string())
+    }
 }
 
 /// What the client did with a response, as far as the session can tell.
@@ -260,7 +367,8 @@ impl Nonce {
 ///   SOTW cannot delete), but it is not offered to new subscriptions.
 #[derive(Debug, Default)]
 pub(crate) struct Sotw {
-    names: BTreeSet<SecretName>,
+    /// Boxed: a map's first node holds room for 11 entries, and most streams have one name.
+    names: BTreeMap<SecretName, Box<NameState>>,
     /// The latest value of each subscribed name that exists.
     current: BTreeMap<SecretName, Arc<Secret>>,
     /// What the last response carried.
@@ -312,6 +420,7 @@ impl Sotw {
                 },
             },
         };
+        self.settle(&ack, req.error_detail.as_ref(), req.at, subs);
         let first = self.last.is_none() || req.response_nonce.is_empty();
         if first && !req.version_info.is_empty() {
             tracing::debug!(
@@ -322,18 +431,29 @@ impl Sotw {
         // An ACK names what the stream subscribes to already: nothing to parse or compare.
         if !self.subscribes_exactly(req.resource_names) {
             let names = parse_names(req.resource_names, &self.limits)?;
-            for gone in self.names.difference(&names) {
-                subs.unsubscribe(gone);
-                self.current.remove(gone);
-                self.sent.remove(gone);
-            }
-            for added in names.difference(&self.names) {
-                if let Some(secret) = subs.subscribe(added)? {
-                    self.current.insert(added.clone(), secret);
+            self.names.retain(|name, _| {
+                let kept = names.contains(name);
+                if !kept {
+                    subs.unsubscribe(name);
+                    self.current.remove(name);
+                    self.sent.remove(name);
+                }
+                kept
+            });
+            for added in names {
+                if self.names.contains_key(&added) {
+                    continue;
+                }
+                let secret = subs.subscribe(&added)?;
+                self.names.insert(
+                    added.clone(),
+                    Box::new(NameState::Unanswered { since: req.at }),
+                );
+                if let Some(secret) = secret {
+                    self.current.insert(added, secret);
                     self.dirty = true;
                 }
             }
-            self.names = names;
         }
         if first && !self.current.is_empty() {
             self.dirty = true;
@@ -341,21 +461,55 @@ impl Sotw {
         Ok((ack, self.take_response()))
     }
 
+    /// Records what an ACK or a NACK of the last response says about the names it carried
+    /// (every name in `sent`), and tells `subs`.
+    fn settle(
+        &mut self,
+        ack: &Ack,
+        rejection: Option<&Rejection>,
+        at: SystemTime,
+        subs: &mut dyn Subscriptions,
+    ) {
+        let message = match (ack, rejection) {
+            (Ack::Acked { .. }, _) => None,
+            (Ack::Nacked { .. }, Some(rejection)) => {
+                Some((rejection.code, LastNack::message(rejection)))
+            }
+            _ => return,
+        };
+        for (name, secret) in &self.sent {
+            let Some(state) = self.names.get_mut(name) else {
+                continue;
+            };
+            let version = secret.version();
+            match &message {
+                None => state.ack(version),
+                Some((code, message)) => state.nack(LastNack {
+                    version,
+                    code: *code,
+                    message: Arc::clone(message),
+                    at,
+                }),
+            }
+            subs.answered(name, version, message.is_none());
+        }
+    }
+
     /// Whether `names` is exactly the set subscribed to now (checked for a few names only;
     /// a longer list is parsed and compared as a set).
     fn subscribes_exactly(&self, names: &[String]) -> bool {
         names.len() == self.names.len()
             && names.len() <= 8
-            && names.iter().all(|n| self.names.contains(n.as_str()))
+            && names.iter().all(|n| self.names.contains_key(n.as_str()))
             && self
                 .names
-                .iter()
+                .keys()
                 .all(|n| names.iter().any(|m| m == n.as_str()))
     }
 
     /// Records a change of a subscribed secret (`None`: removed at the source).
     pub(crate) fn on_change(&mut self, name: &SecretName, secret: Option<Arc<Secret>>) {
-        if !self.names.contains(name) {
+        if !self.names.contains_key(name) {
             return;
         }
         match secret {
@@ -393,7 +547,7 @@ impl Sotw {
                 }
             }
         }
-        resources.retain(|n, _| self.names.contains(n));
+        resources.retain(|n, _| self.names.contains_key(n));
         if resources.is_empty() {
             return None;
         }
@@ -420,7 +574,19 @@ impl Sotw {
 
     /// The names this stream subscribes to.
     pub(crate) fn names(&self) -> impl Iterator<Item = &SecretName> {
-        self.names.iter()
+        self.names.keys()
+    }
+
+    /// Whether this stream subscribes to `name`.
+    pub(crate) fn subscribes(&self, name: &SecretName) -> bool {
+        self.names.contains_key(name)
+    }
+
+    /// Every subscribed name with what was sent of it and what the client made of it.
+    pub(crate) fn view(&self) -> impl Iterator<Item = NameView<'_>> {
+        self.names
+            .iter()
+            .map(|(name, state)| state.view(name, self.sent.get(name).map(|s| s.version())))
     }
 }
 
@@ -433,9 +599,11 @@ impl Sotw {
 /// cause a response.
 #[derive(Debug, Default)]
 pub(crate) struct Delta {
-    names: BTreeSet<SecretName>,
-    /// What the client holds, as far as we know: the version we last sent per name.
-    sent: BTreeMap<SecretName, Version>,
+    /// Boxed: a map's first node holds room for 11 entries, and most streams have one name.
+    names: BTreeMap<SecretName, Box<NameState>>,
+    /// What the client holds, as far as we know: the version we last sent per name, and the
+    /// nonce of the response that carried it.
+    sent: BTreeMap<SecretName, (Version, Nonce)>,
     /// Names whose latest value the client lacks.
     owed: BTreeMap<SecretName, Option<Arc<Secret>>>,
     /// The nonce of the last response.
@@ -443,6 +611,8 @@ pub(crate) struct Delta {
     /// Responses not yet acknowledged (nonce, what they carried), oldest first, for NACK
     /// reports and stale-nonce detection. Described in words only when a NACK is reported.
     in_flight: VecDeque<(Nonce, Carried)>,
+    /// The nonce of the last response the client answered (ACK or NACK).
+    settled: Nonce,
     /// Bytes of the names in `names`.
     name_bytes: usize,
     limits: StreamLimits,
@@ -527,6 +697,9 @@ impl Delta {
                 },
             }
         };
+        if matches!(ack, Ack::Acked { .. } | Ack::Nacked { .. }) {
+            self.settle(req.response_nonce, req.error_detail.as_ref(), req.at, subs);
+        }
         // Subscription changes count even on a stale nonce: delta requests are incremental.
         let subscribe = parse_names(req.subscribe, &self.limits)?;
         let unsubscribe = parse_names(req.unsubscribe, &self.limits)?;
@@ -538,14 +711,17 @@ impl Delta {
             );
         }
         for name in unsubscribe {
-            if self.names.remove(&name) {
+            if self.names.remove(&name).is_some() {
                 self.name_bytes -= name.as_str().len();
                 subs.unsubscribe(&name);
             }
             self.sent.remove(&name);
             self.owed.remove(&name);
         }
-        let added: Vec<&SecretName> = subscribe.difference(&self.names).collect();
+        let added: Vec<&SecretName> = subscribe
+            .iter()
+            .filter(|n| !self.names.contains_key(*n))
+            .collect();
         self.limits.check(
             self.names.len() + added.len(),
             self.name_bytes + added.iter().map(|n| n.as_str().len()).sum::<usize>(),
@@ -553,8 +729,11 @@ impl Delta {
         for name in subscribe {
             // Sent even if already subscribed or claimed in `initial_resource_versions`.
             let secret = subs.subscribe(&name)?;
-            if self.names.insert(name.clone()) {
+            if let std::collections::btree_map::Entry::Vacant(entry) =
+                self.names.entry(name.clone())
+            {
                 self.name_bytes += name.as_str().len();
+                entry.insert(Box::new(NameState::Unanswered { since: req.at }));
             }
             if let Some(secret) = secret {
                 self.owed.insert(name, Some(secret));
@@ -565,12 +744,12 @@ impl Delta {
 
     /// Records a change of a subscribed secret (`None`: removed at the source).
     pub(crate) fn on_change(&mut self, name: &SecretName, secret: Option<Arc<Secret>>) {
-        if !self.names.contains(name) {
+        if !self.names.contains_key(name) {
             return;
         }
-        let known = self.sent.get(name);
+        let known = self.sent.get(name).map(|(version, _)| *version);
         match secret {
-            Some(s) if known != Some(&s.version()) => {
+            Some(s) if known != Some(s.version()) => {
                 self.owed.insert(name.clone(), Some(s));
             }
             Some(_) => {
@@ -592,10 +771,12 @@ impl Delta {
         }
         let mut resources = Vec::new();
         let mut removed = Vec::new();
+        self.nonce = self.nonce.next();
+        let nonce = self.nonce;
         for (name, secret) in std::mem::take(&mut self.owed) {
             match secret {
                 Some(secret) => {
-                    self.sent.insert(name.clone(), secret.version());
+                    self.sent.insert(name.clone(), (secret.version(), nonce));
                     resources.push((name, secret));
                 }
                 None => {
@@ -604,8 +785,6 @@ impl Delta {
                 }
             }
         }
-        self.nonce = self.nonce.next();
-        let nonce = self.nonce;
         let carried = Carried {
             first: resources
                 .iter()
@@ -627,9 +806,59 @@ impl Delta {
         })
     }
 
+    /// Records what the answer to the response `nonce` says about the names it carried, and
+    /// those of older responses not answered yet (an ACK settles them too), and tells `subs`.
+    fn settle(
+        &mut self,
+        nonce: &str,
+        rejection: Option<&Rejection>,
+        at: SystemTime,
+        subs: &mut dyn Subscriptions,
+    ) {
+        let Ok(answered) = nonce.parse::<u64>().map(Nonce) else {
+            return;
+        };
+        let message = rejection.map(|r| (r.code, LastNack::message(r)));
+        let settled = std::mem::replace(&mut self.settled, answered);
+        for (name, (version, sent_in)) in &self.sent {
+            let Some(state) = self.names.get_mut(name) else {
+                continue;
+            };
+            let (version, sent_in) = (*version, *sent_in);
+            match &message {
+                None if settled.0 < sent_in.0 && sent_in.0 <= answered.0 => {
+                    state.ack(version);
+                    subs.answered(name, version, true);
+                }
+                Some((code, message)) if sent_in == answered => {
+                    state.nack(LastNack {
+                        version,
+                        code: *code,
+                        message: Arc::clone(message),
+                        at,
+                    });
+                    subs.answered(name, version, false);
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// The names this stream subscribes to.
     pub(crate) fn names(&self) -> impl Iterator<Item = &SecretName> {
-        self.names.iter()
+        self.names.keys()
+    }
+
+    /// Whether this stream subscribes to `name`.
+    pub(crate) fn subscribes(&self, name: &SecretName) -> bool {
+        self.names.contains_key(name)
+    }
+
+    /// Every subscribed name with what was sent of it and what the client made of it.
+    pub(crate) fn view(&self) -> impl Iterator<Item = NameView<'_>> {
+        self.names
+            .iter()
+            .map(|(name, state)| state.view(name, self.sent.get(name).map(|(version, _)| *version)))
     }
 }
 

@@ -1,13 +1,15 @@
 //! What a client is told when it is refused: the one mapping from the protocol's refusals to
 //! gRPC statuses, and how client-supplied names are shown in text.
 
-use sds_core::{SecretName, Untrusted};
+use std::{fmt, sync::Arc};
+
+use sds_core::{Secret, SecretName, Untrusted, Version};
 use sds_proto::SECRET_TYPE_URL;
 use tonic::Status;
 
 use crate::{
     limits::Exceeded,
-    session::{Refusal, SHOWN_CHARS},
+    session::{NameView, Refusal, SHOWN_CHARS},
 };
 
 /// Most names listed in a log line or an error; the others are counted.
@@ -70,4 +72,44 @@ pub(crate) fn shown_names<'a>(names: impl Iterator<Item = &'a SecretName>) -> St
         out.push_str(&format!(" and {more} more"));
     }
     out
+}
+
+/// The secrets of a response as `name@version, …` for a log line: the first
+/// [`MAX_NAMES_SHOWN`], then how many more. Formatted only if the line is written.
+pub(crate) struct ShownVersions<'a>(pub(crate) &'a [(SecretName, Arc<Secret>)]);
+
+impl fmt::Display for ShownVersions<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_versions(f, self.0.iter().map(|(n, s)| (n, s.version())))
+    }
+}
+
+/// The versions a client ACKed, `name@version, …`, shown as [`ShownVersions`] shows them.
+pub(crate) fn shown_acked<'a>(view: impl Iterator<Item = NameView<'a>>) -> String {
+    let acked: Vec<(&SecretName, Version)> =
+        view.filter_map(|v| Some((v.name, v.acked?))).collect();
+    let mut out = String::new();
+    let _ = write_versions(&mut out, acked.into_iter());
+    out
+}
+
+fn write_versions<'a>(
+    out: &mut impl fmt::Write,
+    versions: impl ExactSizeIterator<Item = (&'a SecretName, Version)>,
+) -> fmt::Result {
+    let count = versions.len();
+    for (i, (name, version)) in versions.take(MAX_NAMES_SHOWN).enumerate() {
+        if i > 0 {
+            out.write_str(", ")?;
+        }
+        write!(
+            out,
+            "{}@{version}",
+            Untrusted::new(name.as_str(), SHOWN_CHARS)
+        )?;
+    }
+    if count > MAX_NAMES_SHOWN {
+        write!(out, " and {} more", count - MAX_NAMES_SHOWN)?;
+    }
+    Ok(())
 }

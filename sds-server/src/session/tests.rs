@@ -2,6 +2,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use std::time::{Duration, SystemTime};
+
 use sds_core::{CertifiedKey, Input, UnixTime};
 
 use super::*;
@@ -11,6 +13,8 @@ use super::*;
 struct World {
     secrets: BTreeMap<SecretName, Arc<Secret>>,
     watched: BTreeSet<SecretName>,
+    /// Every answer the session reported: name, version, ACKed.
+    answers: Vec<(String, Version, bool)>,
 }
 
 impl Subscriptions for World {
@@ -20,6 +24,10 @@ impl Subscriptions for World {
     }
     fn unsubscribe(&mut self, name: &SecretName) {
         self.watched.remove(name);
+    }
+    fn answered(&mut self, name: &SecretName, version: Version, accepted: bool) {
+        self.answers
+            .push((name.as_str().to_owned(), version, accepted));
     }
 }
 
@@ -63,6 +71,7 @@ fn sotw<'a>(names: &'a [String], version: &'a str, nonce: &'a str) -> SotwReques
         type_url: SECRET_TYPE_URL,
         response_nonce: nonce,
         error_detail: None,
+        at: SystemTime::UNIX_EPOCH,
     }
 }
 
@@ -299,6 +308,7 @@ fn delta<'a>(sub: &'a [String], unsub: &'a [String], nonce: &'a str) -> DeltaReq
         initial_resource_versions: Vec::new(),
         response_nonce: nonce,
         error_detail: None,
+        at: SystemTime::UNIX_EPOCH,
     }
 }
 
@@ -376,4 +386,172 @@ fn delta_subscribe_is_must_send_despite_initial_versions() {
     // The same content again: nothing new to send.
     d.on_change(&name("a"), Some(a));
     assert!(d.take_response().is_none());
+}
+
+// === what the client holds (the view behind `SdsService::clients`) ===
+
+/// `(name, sent, acked, NACKed version, waiting since)` for each subscribed name.
+type Row = (
+    String,
+    Option<Version>,
+    Option<Version>,
+    Option<Version>,
+    Option<SystemTime>,
+);
+
+fn rows<'a>(view: impl Iterator<Item = NameView<'a>>) -> Vec<Row> {
+    view.map(|v| {
+        (
+            v.name.as_str().to_owned(),
+            v.sent,
+            v.acked,
+            v.nack.map(|n| n.version),
+            v.waiting_since,
+        )
+    })
+    .collect()
+}
+
+fn at(secs: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+#[test]
+fn sotw_view_follows_sends_acks_and_nacks() {
+    let (a1, a2) = (secret("a"), secret("a"));
+    let (v1, v2) = (a1.version(), a2.version());
+    let mut world = World::default();
+    world.secrets.insert(name("a"), a1);
+    let mut s = Sotw::default();
+    let subscribed = names(&["a", "nope"]);
+
+    let mut req = sotw(&subscribed, "", "");
+    req.at = at(10);
+    let first = s.on_request(&req, &mut world).expect("ok").1.expect("sent");
+    assert_eq!(
+        rows(s.view()),
+        [
+            ("a".to_owned(), Some(v1), None, None, None),
+            ("nope".to_owned(), None, None, None, Some(at(10))),
+        ]
+    );
+
+    let nonce = first.nonce.to_string();
+    s.on_request(&sotw(&subscribed, "", &nonce), &mut world)
+        .expect("ok");
+    assert_eq!(world.answers, [("a".to_owned(), v1, true)]);
+    assert_eq!(
+        rows(s.view())[0],
+        ("a".to_owned(), Some(v1), Some(v1), None, None)
+    );
+
+    // A rotation the client NACKs: sent v2, still ACKed v1, the NACK names v2.
+    world.secrets.insert(name("a"), Arc::clone(&a2));
+    s.on_change(&name("a"), Some(a2));
+    let pushed = s.take_response().expect("pushed");
+    let nonce = pushed.nonce.to_string();
+    let mut nack_req = sotw(&subscribed, "", &nonce);
+    nack_req.error_detail = Some(Rejection {
+        code: 13,
+        message: "Failed to load\nprivate key".to_owned(),
+    });
+    nack_req.at = at(20);
+    s.on_request(&nack_req, &mut world).expect("ok");
+    assert_eq!(world.answers[1], ("a".to_owned(), v2, false));
+    assert_eq!(
+        rows(s.view())[0],
+        ("a".to_owned(), Some(v2), Some(v1), Some(v2), None)
+    );
+    let view: Vec<NameView<'_>> = s.view().collect();
+    let nack = view[0].nack.expect("a NACK");
+    assert_eq!(&*nack.message, "Failed to load\\nprivate key", "escaped");
+    assert_eq!((nack.code, nack.at), (13, at(20)));
+
+    // Unsubscribing forgets the name; subscribing again starts over.
+    s.on_request(&sotw(&names(&["nope"]), "", &nonce), &mut world)
+        .expect("ok");
+    let mut again = sotw(&subscribed, "", &nonce);
+    again.at = at(30);
+    s.on_request(&again, &mut world).expect("ok");
+    let resent = s.take_response();
+    assert!(resent.is_none(), "the re-subscription was answered already");
+    assert_eq!(
+        rows(s.view()),
+        [
+            ("a".to_owned(), Some(v2), None, None, None),
+            ("nope".to_owned(), None, None, None, Some(at(10))),
+        ]
+    );
+}
+
+#[test]
+fn delta_view_maps_each_answer_to_what_its_response_carried() {
+    let (a1, b1, a2, a3) = (secret("a"), secret("b"), secret("a"), secret("a"));
+    let (va1, vb1, va2, va3) = (a1.version(), b1.version(), a2.version(), a3.version());
+    let mut world = World::default();
+    world.secrets.insert(name("a"), a1);
+    let mut d = Delta::default();
+    let none = names(&[]);
+
+    let subscribed = names(&["a", "b", "nope"]);
+    let mut req = delta(&subscribed, &none, "");
+    req.at = at(5);
+    let first = d.on_request(&req, &mut world).expect("ok").1.expect("a");
+    d.on_request(&delta(&none, &none, &first.nonce.to_string()), &mut world)
+        .expect("ok");
+    assert_eq!(world.answers, [("a".to_owned(), va1, true)]);
+
+    // b appears and a rotates before the client answers: an ACK of the later response
+    // settles the earlier one too.
+    d.on_change(&name("b"), Some(b1));
+    let _second = d.take_response().expect("b");
+    d.on_change(&name("a"), Some(a2));
+    let third = d.take_response().expect("a again");
+    assert_eq!(
+        rows(d.view())[0],
+        ("a".to_owned(), Some(va2), Some(va1), None, None)
+    );
+    d.on_request(&delta(&none, &none, &third.nonce.to_string()), &mut world)
+        .expect("ok");
+    assert_eq!(
+        world.answers[1..],
+        [("a".to_owned(), va2, true), ("b".to_owned(), vb1, true)]
+    );
+    assert_eq!(
+        rows(d.view()),
+        [
+            ("a".to_owned(), Some(va2), Some(va2), None, None),
+            ("b".to_owned(), Some(vb1), Some(vb1), None, None),
+            ("nope".to_owned(), None, None, None, Some(at(5))),
+        ]
+    );
+
+    // A NACK concerns only what its response carried.
+    d.on_change(&name("a"), Some(a3));
+    let fourth = d.take_response().expect("a rotated");
+    let fourth_nonce = fourth.nonce.to_string();
+    let mut nack_req = delta(&none, &none, &fourth_nonce);
+    nack_req.error_detail = nack();
+    d.on_request(&nack_req, &mut world).expect("ok");
+    assert_eq!(world.answers[3], ("a".to_owned(), va3, false));
+    assert_eq!(
+        rows(d.view())[..2],
+        [
+            ("a".to_owned(), Some(va3), Some(va2), Some(va3), None),
+            ("b".to_owned(), Some(vb1), Some(vb1), None, None),
+        ]
+    );
+
+    // A later ACK of a response without `a` does not mark the NACKed version ACKed.
+    d.on_change(&name("b"), Some(secret("b")));
+    let fifth = d.take_response().expect("b again");
+    d.on_request(&delta(&none, &none, &fifth.nonce.to_string()), &mut world)
+        .expect("ok");
+    assert_eq!(rows(d.view())[0].2, Some(va2));
+    assert_eq!(world.answers.len(), 5);
+}
+
+#[test]
+fn a_subscription_costs_little_per_name() {
+    assert!(std::mem::size_of::<NameState>() <= 48);
 }
