@@ -212,7 +212,7 @@ impl<P: Protocol, I: Inbound<P::Request>> Pump<P, I> {
             let skip_node = self.stream.claimed();
             let response = tokio::select! {
                 message = self.inbound.message(skip_node) => match message {
-                    Ok(Some(req)) => match self.on_request(&req).await {
+                    Ok(Some(req)) => match self.authorize_new(&req).await.on_request(&req) {
                         Ok(response) => response,
                         Err(status) => {
                             self.ended = "a refused request";
@@ -253,7 +253,8 @@ impl<P: Protocol, I: Inbound<P::Request>> Pump<P, I> {
                 }
                 () = &mut self.policy_changed => {
                     self.policy_changed = self.inner.policy.changed();
-                    self.decide_again().await;
+                    // Boxed, as `authorize_new`: rare, and kept out of every stream's state.
+                    Box::pin(self.decide_again()).await;
                     self.stream.state().session.take_response()
                 }
                 () = due(&mut self.rollout_due) => {
@@ -321,14 +322,28 @@ impl<P: Protocol, I: Inbound<P::Request>> Pump<P, I> {
         self.rollout_due = next.map(|at| Box::pin(tokio::time::sleep_until(at)));
     }
 
-    async fn on_request(&mut self, req: &P::Request) -> Result<Option<P::Response>, Status> {
+    /// Asks the policy about the names of `req` this stream does not hold yet, if any: most
+    /// requests (ACKs, NACKs) name none, and cost one map lookup per name. The wait for the
+    /// policy is boxed, so that what every idle stream keeps (its pump's future) does not
+    /// hold room for it.
+    async fn authorize_new(&mut self, req: &P::Request) -> &mut Self {
+        let requested = P::requested(req);
+        if requested
+            .iter()
+            .any(|name| !self.watches.map.contains_key(name.as_str()))
+        {
+            Box::pin(self.decide_new(requested)).await;
+        }
+        self
+    }
+
+    fn on_request(&mut self, req: &P::Request) -> Result<Option<P::Response>, Status> {
         if !self.stream.claimed()
             && let Some((id, cluster)) =
                 P::node(req).filter(|(id, cluster)| !id.is_empty() || !cluster.is_empty())
         {
             self.stream.claim(id, cluster);
         }
-        self.decide_new(P::requested(req)).await;
         let answer = {
             let mut state = self.stream.state();
             let answer = state
@@ -343,6 +358,8 @@ impl<P: Protocol, I: Inbound<P::Request>> Pump<P, I> {
             }
             answer
         };
+        // Decisions for names the session did not subscribe to (a refused request) go.
+        self.watches.decided.clear();
         let (ack, response) = match answer {
             Ok(answer) => answer,
             Err(refusal) => {
