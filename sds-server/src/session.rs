@@ -164,7 +164,9 @@ pub(crate) struct LastNack {
     /// The `error_detail` code.
     pub(crate) code: i32,
     /// Envoy's message, escaped and cut short (client text); shared by the names of one
-    /// response.
+    /// response. Only the stream's latest NACK keeps its message: an earlier one's is emptied
+    /// when a later NACK arrives (see [`forget_older_messages`]), so a stream holds at most
+    /// one message, however its client spreads NACKs over its names.
     pub(crate) message: Arc<str>,
     /// When the NACK was received.
     pub(crate) at: SystemTime,
@@ -232,6 +234,22 @@ impl LastNack {
     /// The message of `rejection`, escaped and cut short once, to share between names.
     fn message(rejection: &Rejection) -> Arc<str> {
         Arc::from(Untrusted::new(&rejection.message, NACK_MESSAGE_CHARS).to_string())
+    }
+}
+
+/// Empties the message of every NACK in `names` but `latest`'s: what one stream keeps of its
+/// client's NACK messages is one message (at most [`NACK_MESSAGE_CHARS`]), not one per name.
+/// At most [`Limits::names_per_stream`](crate::Limits::names_per_stream) names, per NACK.
+fn forget_older_messages(names: &mut BTreeMap<SecretName, Box<NameState>>, latest: &Arc<str>) {
+    for state in names.values_mut() {
+        if let NameState::Answered {
+            nack: Some(nack), ..
+        } = &mut **state
+            && !Arc::ptr_eq(&nack.message, latest)
+            && !nack.message.is_empty()
+        {
+            nack.message = Arc::from("");
+        }
     }
 }
 
@@ -492,6 +510,12 @@ impl Sotw {
                 }),
             }
             subs.answered(name, version, message.is_none());
+        }
+        // Unless no name took the new message (a NACK of nothing held).
+        if let Some((_, message)) = &message
+            && Arc::strong_count(message) > 1
+        {
+            forget_older_messages(&mut self.names, message);
         }
     }
 
@@ -841,6 +865,12 @@ impl Delta {
                 }
                 _ => {}
             }
+        }
+        // Unless no name took the new message (a NACK of nothing held).
+        if let Some((_, message)) = &message
+            && Arc::strong_count(message) > 1
+        {
+            forget_older_messages(&mut self.names, message);
         }
     }
 

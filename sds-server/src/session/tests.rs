@@ -555,3 +555,51 @@ fn delta_view_maps_each_answer_to_what_its_response_carried() {
 fn a_subscription_costs_little_per_name() {
     assert!(std::mem::size_of::<NameState>() <= 48);
 }
+
+#[test]
+fn a_stream_keeps_one_nack_message_whatever_the_names_it_spreads_them_over() {
+    let mut world = World::default();
+    world.secrets.insert(name("a"), secret("a"));
+    world.secrets.insert(name("b"), secret("b"));
+    let mut d = Delta::default();
+    let none = names(&[]);
+    let nacked = |d: &mut Delta, world: &mut World, nonce: String, text: &str| {
+        let mut req = delta(&none, &none, &nonce);
+        req.error_detail = Some(Rejection {
+            code: 13,
+            message: text.to_owned(),
+        });
+        d.on_request(&req, world).expect("ok");
+    };
+
+    let a_only = names(&["a"]);
+    let first = d
+        .on_request(&delta(&a_only, &none, ""), &mut world)
+        .expect("ok")
+        .1
+        .expect("a");
+    nacked(&mut d, &mut world, first.nonce.to_string(), "bad a");
+    let b_only = names(&["b"]);
+    let second = d
+        .on_request(&delta(&b_only, &none, ""), &mut world)
+        .expect("ok")
+        .1
+        .expect("b");
+    nacked(&mut d, &mut world, second.nonce.to_string(), "bad b");
+
+    let messages: Vec<(String, String)> = d
+        .view()
+        .map(|v| {
+            let nack = v.nack.expect("both NACKed");
+            (v.name.to_string(), nack.message.to_string())
+        })
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            ("a".to_owned(), String::new()),
+            ("b".to_owned(), "bad b".to_owned())
+        ],
+        "only the latest NACK keeps its message"
+    );
+}
