@@ -30,8 +30,8 @@ use std::{
 };
 
 use clap::Parser;
-use sds::{core::publish, fs::DirSource};
-use serving::{ChannelArgs, flags::Listen};
+use sds::{core::Publish, fs::DirSource};
+use serving::{ChannelArgs, OperatorArgs, flags::Listen};
 
 /// Serve TLS credentials from a directory to Envoy over SDS (xDS v3).
 #[derive(Parser, Debug)]
@@ -46,6 +46,9 @@ struct Args {
 
     #[command(flatten)]
     channel: ChannelArgs,
+
+    #[command(flatten)]
+    operator: OperatorArgs,
 
     /// Who may have which secret, on every transport: a rules file (YAML or JSON; see
     /// `sds_server::policy::RulesFile`), reloaded when it changes. A file that cannot be used
@@ -101,10 +104,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let source = DirSource::new(&dir)
         .debounce(args.debounce)
         .rescan(args.rescan);
-    let (reader, driver) = publish(source);
+    let (reader, driver) = Publish::new(source)
+        .expiry_warning(args.operator.expiry_warning)
+        .start();
     let driver = tokio::spawn(driver);
     tracing::info!(dir = %dir.display(), "waiting for the first scan");
-    let served = serving::serve(reader, channel).await;
+    let served = serving::serve(reader, channel, &args.operator).await;
     driver.abort();
     served
 }

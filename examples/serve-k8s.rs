@@ -28,11 +28,11 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::Parser;
 use sds::{
-    core::publish,
+    core::Publish,
     k8s::{K8sSource, Scope, istio::GatewayPolicy},
     server::policy::Policy as _,
 };
-use serving::ChannelArgs;
+use serving::{ChannelArgs, OperatorArgs};
 
 /// Serve TLS credentials from Kubernetes Secrets to Envoy over SDS (xDS v3).
 #[derive(Parser, Debug)]
@@ -49,6 +49,9 @@ struct Args {
 
     #[command(flatten)]
     channel: ChannelArgs,
+
+    #[command(flatten)]
+    operator: OperatorArgs,
 
     /// Who may have which secret, on every transport: `istio` for Istio's gateway rule (a
     /// gateway, identified by the SPIFFE ID of its TLS client certificate, gets the Secrets of
@@ -124,9 +127,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let source = K8sSource::new(client, scope)
         .default_namespace(default_namespace)
         .debounce(args.debounce);
-    let (reader, driver) = publish(source);
+    let (reader, driver) = Publish::new(source)
+        .expiry_warning(args.operator.expiry_warning)
+        .start();
     let driver = tokio::spawn(driver);
-    let served = serving::serve(reader, channel).await;
+    let served = serving::serve(reader, channel, &args.operator).await;
     driver.abort();
     served
 }

@@ -41,6 +41,22 @@ pub(crate) struct ChannelArgs {
     insecure: bool,
 }
 
+/// What an operator watches: the admin endpoint and the expiry warnings.
+#[derive(clap::Args, Debug)]
+pub(crate) struct OperatorArgs {
+    /// Serve /metrics (Prometheus), /debug/clients and /debug/secrets (JSON), /healthz and
+    /// /readyz (200 once the first snapshot is published) over HTTP on `HOST:PORT`, e.g.
+    /// 127.0.0.1:15000. It tells who holds which secret: keep it on loopback or to operators.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) admin: Option<SocketAddr>,
+
+    /// Warn (and again daily) about a served certificate this long before it expires, e.g.
+    /// 14d or 36h; 0 warns only once it has expired (an expired certificate that is still the
+    /// last good version is logged at ERROR daily, and kept).
+    #[arg(long, default_value = "7d", value_parser = super::parse_duration)]
+    pub(crate) expiry_warning: std::time::Duration,
+}
+
 /// Where to listen: `HOST:PORT` or `unix:/path`.
 #[derive(Clone, Debug)]
 pub(crate) enum Listen {

@@ -2,6 +2,7 @@
 //! `--insecure`), `--policy` rules files, logging, and a server that shuts down cleanly on
 //! SIGINT/SIGTERM.
 
+mod admin;
 pub(crate) mod flags;
 mod policy;
 mod tls;
@@ -23,7 +24,7 @@ use tokio_stream::{
 };
 use tracing_subscriber::EnvFilter;
 
-pub(crate) use flags::{ChannelArgs, TlsFiles, Transport};
+pub(crate) use flags::{ChannelArgs, OperatorArgs, TlsFiles, Transport};
 pub(crate) use policy::{Chosen, rules};
 
 /// Logs to stderr, `info` unless `RUST_LOG` says otherwise, colours only on a terminal.
@@ -37,16 +38,24 @@ pub(crate) fn init_tracing() {
         .init();
 }
 
-/// Parses `100ms` or `2s` (a bare number is milliseconds).
+/// Parses `100ms`, `2s`, `5m`, `12h` or `7d` (a bare number is milliseconds).
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let (n, unit) = s
         .find(|c: char| !c.is_ascii_digit())
         .map_or((s, "ms"), |i| s.split_at(i));
     let n: u64 = n.parse().map_err(|_| format!("not a duration: {s:?}"))?;
+    let secs = |per: u64| {
+        n.checked_mul(per)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("too long: {s:?}"))
+    };
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        _ => Err(format!("unknown unit in {s:?}: use ms or s")),
+        "s" => secs(1),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86_400),
+        _ => Err(format!("unknown unit in {s:?}: use ms, s, m, h or d")),
     }
 }
 
@@ -112,12 +121,22 @@ impl Channel {
     }
 }
 
-/// Waits for the first snapshot, logs what is served, and serves it over SDS on `channel`
-/// until SIGINT/SIGTERM.
+/// Starts the admin endpoint if `--admin` asks for one (at once: `/readyz` says when the
+/// first snapshot is there), waits for the first snapshot, logs what is served, and serves it
+/// over SDS on `channel` until SIGINT/SIGTERM.
 pub(crate) async fn serve(
     mut reader: Reader,
     channel: Channel,
+    operator: &OperatorArgs,
 ) -> Result<(), Box<dyn std::error::Error>> {
+    let sds = SdsService::builder(reader.clone())
+        .policy(channel.policy)
+        .build();
+    if let Some(addr) = operator.admin
+        && let Err(problem) = admin::serve(&sds, addr).await
+    {
+        fail(&problem);
+    }
     let snapshot = reader.ready().await?;
     tracing::info!(
         secrets = snapshot.len(),
@@ -130,7 +149,6 @@ pub(crate) async fn serve(
             .join(", "),
         "serving"
     );
-    let sds = SdsService::builder(reader).policy(channel.policy).build();
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .max_concurrent_streams(Limits::MAX_CONCURRENT_STREAMS)

@@ -343,6 +343,15 @@ impl Error {
         self.as_credential().map(CredentialError::kind)
     }
 
+    /// A short, stable name for the problem: [`ErrorKind::name`] for a credential,
+    /// `invalid_name` for a name that cannot be used.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::InvalidName { .. } => "invalid_name",
+            Error::Credential(c) => c.kind.name(),
+        }
+    }
+
     /// Whether this rejection depends on the time validation ran at (a certificate not valid
     /// yet or expired, a CRL expired): the same input may pass when validated again later.
     pub fn depends_on_time(&self) -> bool {
@@ -417,6 +426,34 @@ impl std::error::Error for CredentialError {
 // === impl ErrorKind ===
 
 impl ErrorKind {
+    /// A short, stable name for this kind of problem, in snake case (`expired`,
+    /// `key_mismatch`, …): a metric label, a field to match logs on.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ErrorKind::EmptyInput => "empty_input",
+            ErrorKind::Unreadable { .. } => "unreadable",
+            ErrorKind::MissingInput { .. } => "missing_input",
+            ErrorKind::InputTooLarge { .. } => "input_too_large",
+            ErrorKind::NotPem { .. } => "not_pem",
+            ErrorKind::MissingPemBlock { .. } => "missing_pem_block",
+            ErrorKind::MalformedPem { .. } => "malformed_pem",
+            ErrorKind::EncryptedKey { .. } => "encrypted_key",
+            ErrorKind::MultipleKeys { .. } => "multiple_keys",
+            ErrorKind::InvalidCertificate { .. } => "invalid_certificate",
+            ErrorKind::InvalidCrl { .. } => "invalid_crl",
+            ErrorKind::InvalidKey { .. } => "invalid_key",
+            ErrorKind::UnsupportedKey { .. } => "unsupported_key",
+            ErrorKind::KeyMismatch { .. } => "key_mismatch",
+            ErrorKind::DuplicateCertificate { .. } => "duplicate_certificate",
+            ErrorKind::ChainOrder { .. } => "chain_order",
+            ErrorKind::NotYetValid { .. } => "not_yet_valid",
+            ErrorKind::Expired { .. } => "expired",
+            ErrorKind::CrlExpired { .. } => "crl_expired",
+            ErrorKind::InvalidOcspStaple { .. } => "invalid_ocsp_staple",
+            ErrorKind::OcspStapleMismatch { .. } => "ocsp_staple_mismatch",
+        }
+    }
+
     /// Whether this problem depends on the time validation ran at: [`NotYetValid`],
     /// [`Expired`] or [`CrlExpired`].
     ///
@@ -552,7 +589,7 @@ fn format_name(format: KeyFormat) -> &'static str {
 }
 
 /// A time as RFC 3339 UTC, e.g. `2024-05-01T12:00:00Z`.
-struct Utc(UnixTime);
+pub(crate) struct Utc(pub(crate) UnixTime);
 
 impl fmt::Display for Utc {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

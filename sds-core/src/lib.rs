@@ -32,11 +32,14 @@
 //!
 //! # Scope
 //! This crate does no I/O: it neither reads files nor talks to Kubernetes (see
-//! `sds-source-fs`, `sds-source-k8s`), nor speaks gRPC (see `sds-server`). It never reads the
-//! clock: validation takes `now` as a parameter.
+//! `sds-source-fs`, `sds-source-k8s`), nor speaks gRPC (see `sds-server`). Validation takes
+//! `now` as a parameter; the publisher reads an injected [`Clock`] (for its expiry warnings,
+//! see [`Publish`]) and waits with tokio's timers.
 
+mod clock;
 mod credential;
 mod error;
+mod expiry;
 pub mod layout;
 mod name;
 mod ocsp;
@@ -50,11 +53,12 @@ mod version;
 mod x509;
 
 pub use crate::{
+    clock::{Clock, SystemClock},
     credential::{Input, MAX_INPUT_LEN},
     error::{CredentialError, Error, ErrorKind, ParseError},
     name::{CACERT_SUFFIX, MAX_NAME_LEN, SecretName},
     ocsp::{OcspCertStatus, OcspProblem, OcspStaple},
-    publish::{Closed, Driver, Reader, SecretWatch, publish},
+    publish::{Closed, Driver, Publish, Reader, Rejections, SecretWatch, SourceStatus, publish},
     secret::{
         CertificateInfo, CertifiedKey, KeyAlgorithm, KeyFormat, PrivateKey, Secret, TrustBundle,
     },

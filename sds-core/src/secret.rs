@@ -31,6 +31,24 @@ impl Secret {
         }
     }
 
+    /// When this secret stops being usable: its leaf's `notAfter` for a certificate, the
+    /// earliest `notAfter` of its CA certificates for a trust bundle (`None` if it holds none).
+    pub fn not_after(&self) -> Option<UnixTime> {
+        match self {
+            Secret::TlsCertificate(c) => Some(c.leaf.not_after),
+            Secret::ValidationContext(v) => v.anchor_info.iter().map(|a| a.not_after).min(),
+        }
+    }
+
+    /// The certificate [`Secret::not_after`] is about: the leaf, or the CA certificate of a
+    /// trust bundle that expires first.
+    pub fn expiring_certificate(&self) -> Option<&CertificateInfo> {
+        match self {
+            Secret::TlsCertificate(c) => Some(&c.leaf),
+            Secret::ValidationContext(v) => v.anchor_info.iter().min_by_key(|a| a.not_after),
+        }
+    }
+
     /// A short human-readable kind, for logs: `tls_certificate` or `validation_context`.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -300,6 +300,7 @@ fn publish(parsed: &Parsed) {
     let items = [Ok(kept), Err(first_error.clone()), Ok(update)];
     let (reader, driver) = sds_core::publish(sds_core::from_stream(stream::iter(items)));
     tokio::runtime::Builder::new_current_thread()
+        .enable_time()
         .build()
         .expect("a runtime")
         .block_on(driver);

@@ -63,6 +63,9 @@
 //! NACK with Envoy's message, a denial by the policy and since when it waits for a secret that
 //! does not exist. [`SdsService::secrets`] tells what is served: names, versions, certificate
 //! names and validity, CAs, OCSP staples, never key material. See [`inventory`].
+//! [`SdsService::register_metrics`] adds Prometheus metrics to your `prometheus-client`
+//! registry (see [`metrics`]), and with the `admin` feature `admin::Admin` serves them with
+//! the two dumps, `/healthz` and `/readyz` on an HTTP server of yours.
 //!
 //! # Logs
 //! At INFO, once per stream: its first request (`client subscribed`: peer, node id, cluster,
@@ -75,10 +78,14 @@
 //! # Features
 //! - `serde`: `serde::Serialize` for the [`inventory`] types (the JSON of
 //!   [`SdsService::clients`] and [`SdsService::secrets`]).
+//! - `admin` (with `serde`): [`admin::Admin`], an HTTP handler for `/metrics`,
+//!   `/debug/clients`, `/debug/secrets`, `/healthz` and `/readyz` to mount on your server.
 
 #[cfg(feature = "__bench")]
 #[doc(hidden)]
 pub mod __bench;
+#[cfg(feature = "admin")]
+pub mod admin;
 pub mod connections;
 mod encode;
 mod error;
@@ -86,6 +93,7 @@ mod fetch;
 mod framing;
 pub mod inventory;
 mod limits;
+pub mod metrics;
 mod peer;
 pub mod policy;
 pub mod protocol;

@@ -144,7 +144,7 @@ impl<P: Protocol, I: Inbound<P::Request>> Pump<P, I> {
         peer: Peer,
     ) -> Self {
         let session = P::new(inner.stream_limits());
-        let stream = Arc::new(Stream::new(peer, session, SystemTime::now()));
+        let stream = Arc::new(Stream::new(peer, session, inner.clock.now()));
         let id = inner
             .clients
             .insert(Arc::clone(&stream) as Arc<dyn Tracked>);
@@ -152,6 +152,7 @@ impl<P: Protocol, I: Inbound<P::Request>> Pump<P, I> {
             .counters
             .streams_opened
             .fetch_add(1, Ordering::Relaxed);
+        inner.counters.open[P::API as usize].fetch_add(1, Ordering::Relaxed);
         let watches = Watches {
             inner: Arc::clone(&inner),
             connection,
@@ -348,7 +349,7 @@ impl<P: Protocol, I: Inbound<P::Request>> Pump<P, I> {
             let mut state = self.stream.state();
             let answer = state
                 .session
-                .on_request(req, &mut self.watches, SystemTime::now());
+                .on_request(req, &mut self.watches, self.inner.clock.now());
             // Denials are kept for subscribed names only.
             let state = &mut *state;
             if !state.denied.is_empty() {
@@ -555,6 +556,7 @@ impl<P: Protocol, I> Drop for Pump<P, I> {
             .counters
             .streams_closed
             .fetch_add(1, Ordering::Relaxed);
+        self.inner.counters.open[P::API as usize].fetch_sub(1, Ordering::Relaxed);
         self.inner.clients.remove(self.id);
         // Whole milliseconds: `12.345s`.
         let lived = self.opened.elapsed();

@@ -16,11 +16,17 @@
 //! it; if that stream is gone, the next event of the secret (a push, an answer, a
 //! subscription that ends) does.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 use parking_lot::Mutex;
 use sds_core::{SecretName, Version};
 use tokio::time::Instant;
+
+use crate::metrics::{SecretTally, Tallies};
 
 /// How long a rollout waits for every stream to answer before it is logged as it stands.
 pub(crate) const TIMEOUT: Duration = Duration::from_secs(10);
@@ -29,6 +35,8 @@ pub(crate) const TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Default)]
 pub(crate) struct Rollouts {
     trackers: Mutex<HashMap<SecretName, Arc<Tracker>>>,
+    /// Every secret's push and NACK counts, which outlive its trackers.
+    pub(crate) tallies: Tallies,
 }
 
 /// The pushes of one secret and the answers to them.
@@ -36,6 +44,7 @@ pub(crate) struct Rollouts {
 pub(crate) struct Tracker {
     name: SecretName,
     state: Mutex<State>,
+    tally: Arc<SecretTally>,
 }
 
 /// Where one subscription stands in its secret's rollouts: kept by the subscription, 8 bytes.
@@ -115,6 +124,7 @@ impl Rollouts {
             Arc::new(Tracker {
                 name: name.clone(),
                 state: Mutex::default(),
+                tally: self.tallies.of(name),
             })
         });
         tracker.state.lock().holders += 1;
@@ -160,6 +170,7 @@ impl Tracker {
         version: Version,
         now: Instant,
     ) -> Option<Instant> {
+        self.tally.pushes.fetch_add(1, Ordering::Relaxed);
         let mut state = self.state.lock();
         let (summary, started) = match state.last {
             Some(last) if last != version => {
@@ -210,6 +221,9 @@ impl Tracker {
     /// The client of a subscription that stands at `held` ACKed (`accepted`) or NACKed a
     /// response carrying `version`.
     pub(crate) fn answered(&self, held: &mut Held, version: Version, accepted: bool, now: Instant) {
+        if !accepted {
+            self.tally.nacks.fetch_add(1, Ordering::Relaxed);
+        }
         let mut state = self.state.lock();
         if let Some(rollout) = state.rollout.as_mut().filter(|r| r.version == version) {
             if held.rollout == rollout.number {

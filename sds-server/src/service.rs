@@ -9,7 +9,7 @@ use std::{
     },
 };
 
-use sds_core::Reader;
+use sds_core::{Clock, Reader, SystemClock};
 
 use crate::inventory::{self, Client, SecretInfo};
 use tonic::Status;
@@ -52,14 +52,19 @@ pub(crate) struct Inner {
     pub(crate) policy: Arc<dyn Policy>,
     /// Every open stream, for [`SdsService::clients`].
     pub(crate) clients: Registry,
-    /// The pushes of each watched secret's new versions, summed up in one line each.
+    /// The pushes of each watched secret's new versions, summed up in one line each, and
+    /// the per-secret counters.
     pub(crate) rollouts: Rollouts,
+    /// The wall clock: when streams connect and subscribe, how long certificates have left.
+    pub(crate) clock: Arc<dyn Clock>,
 }
 
 #[derive(Default)]
 pub(crate) struct Counters {
     pub(crate) streams_opened: AtomicU64,
     pub(crate) streams_closed: AtomicU64,
+    /// Streams open now, by [`Api`](crate::inventory::Api) (`api as usize`).
+    pub(crate) open: [AtomicU64; 2],
     pub(crate) responses: AtomicU64,
     pub(crate) nacks: AtomicU64,
     pub(crate) refused: AtomicU64,
@@ -94,6 +99,7 @@ pub struct Builder {
     reader: Reader,
     limits: Limits,
     policy: Arc<dyn Policy>,
+    clock: Arc<dyn Clock>,
 }
 
 // === impl SdsService ===
@@ -119,6 +125,7 @@ impl SdsService {
             reader,
             limits: Limits::default(),
             policy: Arc::new(UnixPeers::same_user()),
+            clock: Arc::new(SystemClock),
         }
     }
 
@@ -156,6 +163,28 @@ impl SdsService {
             .reader
             .current()
             .map_or_else(Vec::new, |snapshot| inventory::secrets(&snapshot))
+    }
+
+    /// Registers the service's metrics into `registry`, under the prefix `sds`: streams,
+    /// responses and NACKs (per secret too), denials, waiting subscriptions, each secret's
+    /// expiry, the source's updates and rejections. Read at each scrape; the service serves
+    /// no HTTP (see [`admin`](crate::admin)). See [`metrics`](crate::metrics) for the list.
+    ///
+    /// The registry holds the service weakly: once every clone of the service is dropped,
+    /// it reports nothing.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry
+            .sub_registry_with_prefix("sds")
+            .register_collector(Box::new(crate::metrics::ServiceCollector {
+                inner: Arc::downgrade(&self.inner),
+            }));
+    }
+
+    /// Whether the service has something to serve: its reader has a first snapshot (for
+    /// Kubernetes, the source yields it once every namespace was listed). Streams and
+    /// fetches wait until then.
+    pub fn is_ready(&self) -> bool {
+        self.inner.reader.current().is_some()
     }
 
     /// A snapshot of the service's counters.
@@ -199,6 +228,13 @@ impl Builder {
         self
     }
 
+    /// The wall clock (default [`SystemClock`]): when streams connect and subscribe, and
+    /// how long served certificates have left in the metrics. Tests inject their own.
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
     /// The service.
     pub fn build(self) -> SdsService {
         SdsService {
@@ -213,6 +249,7 @@ impl Builder {
                 policy: self.policy,
                 clients: Registry::default(),
                 rollouts: Rollouts::default(),
+                clock: self.clock,
             }),
         }
     }

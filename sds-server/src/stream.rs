@@ -17,6 +17,9 @@ use std::{
 };
 
 use parking_lot::{Mutex, MutexGuard};
+use std::{collections::HashMap, time::Duration};
+
+use crate::metrics::{MAX_WAITING_NAMES, Waiting};
 use sds_core::{SecretName, Untrusted};
 
 use crate::{
@@ -63,6 +66,8 @@ pub(crate) struct Registry {
 /// A stream the registry can describe, whatever its protocol.
 pub(crate) trait Tracked: Send + Sync {
     fn client(&self) -> Client;
+    /// Calls `visit` with each allowed name nothing was delivered to, and since when.
+    fn waiting(&self, visit: &mut dyn FnMut(&SecretName, SystemTime));
 }
 
 // === impl Stream ===
@@ -111,6 +116,17 @@ impl<P: Protocol> Stream<P> {
 }
 
 impl<P: Protocol> Tracked for Stream<P> {
+    fn waiting(&self, visit: &mut dyn FnMut(&SecretName, SystemTime)) {
+        let state = self.state.lock();
+        for view in state.session.view() {
+            if let Some(since) = view.waiting_since
+                && !state.denied.contains_key(view.name)
+            {
+                visit(view.name, since);
+            }
+        }
+    }
+
     fn client(&self) -> Client {
         let node = self.node.get();
         let present = |s: &str| (!s.is_empty()).then(|| s.to_owned());
@@ -157,6 +173,33 @@ impl Registry {
     /// Forgets a stream that closed.
     pub(crate) fn remove(&self, id: u64) {
         self.streams.lock().remove(&id);
+    }
+
+    /// The subscriptions nothing was delivered to on every open stream, at `now`: how many,
+    /// and the longest wait per name (at most [`MAX_WAITING_NAMES`] names, the longest).
+    pub(crate) fn waiting(&self, now: SystemTime) -> Waiting {
+        let streams: Vec<Arc<dyn Tracked>> = self.streams.lock().values().cloned().collect();
+        let mut count = 0;
+        let mut longest: HashMap<SecretName, SystemTime> = HashMap::new();
+        for stream in &streams {
+            stream.waiting(&mut |name, since| {
+                count += 1;
+                match longest.get_mut(name) {
+                    Some(earliest) => *earliest = (*earliest).min(since),
+                    // Bounded by the subscriptions of all streams (`Limits`).
+                    None => {
+                        longest.insert(name.clone(), since);
+                    }
+                }
+            });
+        }
+        let mut longest: Vec<(SecretName, Duration)> = longest
+            .into_iter()
+            .map(|(name, since)| (name, now.duration_since(since).unwrap_or_default()))
+            .collect();
+        longest.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        longest.truncate(MAX_WAITING_NAMES);
+        Waiting { count, longest }
     }
 
     /// What every open stream holds, in the order they opened.

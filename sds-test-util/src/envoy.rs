@@ -599,8 +599,12 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// Minimal HTTP/1.1 client for the admin endpoint (handles chunked responses).
-fn http_request(addr: SocketAddr, method: &str, path: &str) -> io::Result<(u16, String)> {
+/// A minimal HTTP/1.1 client (for Envoy's admin endpoint and ours): `METHOD path` on `addr`
+/// with `Connection: close`; the status code and the body (chunked responses handled).
+///
+/// # Errors
+/// If the connection fails or the answer is not HTTP.
+pub fn http_request(addr: SocketAddr, method: &str, path: &str) -> io::Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;

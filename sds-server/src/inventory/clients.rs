@@ -44,13 +44,20 @@ pub enum Api {
     Delta,
 }
 
+impl Api {
+    /// `sotw` or `delta`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Api::Sotw => "sotw",
+            Api::Delta => "delta",
+        }
+    }
+}
+
 /// `sotw` or `delta`.
 impl fmt::Display for Api {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Api::Sotw => "sotw",
-            Api::Delta => "delta",
-        })
+        f.write_str(self.as_str())
     }
 }
 
