@@ -7,14 +7,18 @@
 //! The TLS client is rustls (through `sds::server::tls::rustls`) under a small async adapter
 //! below, and gRPC is spoken on the `h2` crate, as `examples/abuse` does.
 
+#[allow(dead_code)]
+mod support {
+    pub(crate) mod example;
+}
+
 use std::{
-    fs,
-    io::{self, BufRead as _, BufReader, Read as _},
+    fs, io,
     net::SocketAddr,
     os::unix::fs::{MetadataExt as _, PermissionsExt as _},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::{Arc, OnceLock},
+    path::Path,
+    process::Command,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -36,6 +40,7 @@ use sds::{
     },
 };
 use sds_test_util::certs::{Ca, KeyKind, Leaf, Validity};
+use support::example::Example;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpStream,
@@ -50,146 +55,18 @@ const STREAM_SECRETS: &str = "/envoy.service.secret.v3.SecretDiscoveryService/St
 
 // === The serve-dir binary ===
 
-/// `serve-dir`, built once per test run in this test's profile, features and target directory.
-fn serve_dir() -> &'static Path {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        // target/<profile>/deps/examples_authz-HASH
-        let exe = std::env::current_exe().expect("the test binary's path");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>");
-        let target_dir = profile_dir.parent().expect("target");
-        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") => "dev",
-            Some(other) => other,
-            None => panic!("no profile in {}", exe.display()),
-        };
-        let mut build = Command::new(env!("CARGO"));
-        build
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args(["build", "--example", "serve-dir", "--profile", profile])
-            .arg("--target-dir")
-            .arg(target_dir);
-        if cfg!(feature = "k8s") {
-            // The features this test was built with: nothing is built twice.
-            build.arg("--features=k8s");
-        }
-        // What cargo sets for a running test describes this package, not the build: a build
-        // script that watches one of them (ring's watches CARGO_MANIFEST_DIR) would run again.
-        for (name, _) in std::env::vars_os() {
-            let name = name.to_string_lossy();
-            if name.starts_with("CARGO_PKG_") || TEST_ENV.contains(&&*name) {
-                build.env_remove(&*name);
-            }
-        }
-        let status = build.status().expect("cargo runs");
-        assert!(
-            status.success(),
-            "cargo build --example serve-dir: {status}"
-        );
-        profile_dir.join("examples").join("serve-dir")
-    })
-}
-
-/// What cargo sets, besides `CARGO_PKG_*`, for a running test.
-const TEST_ENV: [&str; 8] = [
-    "CARGO_MANIFEST_DIR",
-    "CARGO_MANIFEST_PATH",
-    "CARGO_CRATE_NAME",
-    "CARGO_BIN_NAME",
-    "CARGO_PRIMARY_PACKAGE",
-    "CARGO_TARGET_TMPDIR",
-    "CARGO_RUSTC_CURRENT_DIR",
-    "OUT_DIR",
-];
-
-/// A `serve-dir` child process with its stderr in a file; killed by its PID when dropped.
-struct ServeDir {
-    child: Child,
-    log: PathBuf,
-}
+/// `serve-dir` as a child process (see `support::example`), logging into `WORK/NAME.log`.
+struct ServeDir;
 
 impl ServeDir {
     /// Starts `serve-dir ARGS` logging (at the default INFO level) into `work/NAME.log`.
-    fn start(work: &Path, name: &str, args: &[&str]) -> ServeDir {
-        let log = work.join(format!("{name}.log"));
-        let child = Command::new(serve_dir())
-            .args(args)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).expect("create the log"))
-            .spawn()
-            .expect("serve-dir starts");
-        ServeDir { child, log }
+    fn start(work: &Path, name: &str, args: &[&str]) -> Example {
+        Example::start("serve-dir", work.join(format!("{name}.log")), args, &[])
     }
 
-    /// Runs `serve-dir ARGS` to its end (at most [`WAIT`]): its exit code and stderr.
+    /// Runs `serve-dir ARGS` to its end: its exit code and stderr.
     fn run(work: &Path, name: &str, args: &[&str]) -> (Option<i32>, String) {
-        let mut server = ServeDir::start(work, name, args);
-        let deadline = Instant::now() + WAIT;
-        let status = loop {
-            if let Some(status) = server.child.try_wait().expect("wait") {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "serve-dir {args:?} did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        (status.code(), server.log())
-    }
-
-    fn log(&self) -> String {
-        let mut log = String::new();
-        fs::File::open(&self.log)
-            .and_then(|mut f| f.read_to_string(&mut log))
-            .expect("read the log");
-        log
-    }
-
-    /// Waits for a log line containing `needle`; returns it.
-    fn wait_for_line(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let file = fs::File::open(&self.log).expect("open the log");
-            if let Some(line) = BufReader::new(file)
-                .lines()
-                .map_while(Result::ok)
-                .find(|l| l.contains(needle))
-            {
-                return line;
-            }
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                panic!(
-                    "serve-dir exited ({status}) before logging {needle:?}:\n{}",
-                    self.log()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {needle:?} in the log within {WAIT:?}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// The address in the `listening (...) address=...` line whose text is `what`.
-    fn address(&mut self, what: &str) -> SocketAddr {
-        let line = self.wait_for_line(what);
-        let (_, rest) = line.split_once("address=").expect("an address");
-        rest.split_whitespace()
-            .next()
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
-    }
-}
-
-impl Drop for ServeDir {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        Example::run("serve-dir", work.join(format!("{name}.log")), args)
     }
 }
 
