@@ -44,32 +44,7 @@ fn json(admin: SocketAddr, path: &str) -> Value {
 fn metrics(admin: SocketAddr) -> HashMap<String, f64> {
     let (status, body) = get(admin, "/metrics");
     assert_eq!(status, 200, "{body}");
-    let parsed = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned())))
-        .unwrap_or_else(|e| panic!("/metrics does not parse ({e}):\n{body}"));
-    parsed
-        .samples
-        .into_iter()
-        .map(|sample| {
-            let mut labels: Vec<String> = sample
-                .labels
-                .iter()
-                .map(|(k, v)| format!("{k}=\"{v}\""))
-                .collect();
-            labels.sort();
-            let key = if labels.is_empty() {
-                sample.metric
-            } else {
-                format!("{}{{{}}}", sample.metric, labels.join(","))
-            };
-            let value = match sample.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => v,
-                other => panic!("unexpected sample {other:?}"),
-            };
-            (key, value)
-        })
-        .collect()
+    sds_test_util::metrics::samples(&body)
 }
 
 /// Polls `f` until it gives something, for at most [`WAIT`].

@@ -14,14 +14,17 @@
 
 #![cfg(feature = "k8s")]
 
+#[allow(dead_code)]
+mod support {
+    pub(crate) mod example;
+}
+
 use std::{
-    fs,
-    io::{self, BufRead as _, BufReader, Read as _},
+    fs, io,
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::{Arc, OnceLock},
-    time::{Duration, Instant},
+    sync::Arc,
+    time::Duration,
 };
 
 use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
@@ -44,6 +47,7 @@ use sds::{
 };
 use sds_test_apiserver::{Access, AccessReview, ApiServer, Secret as KubeSecret};
 use sds_test_util::certs::{Ca, KeyKind, Leaf, Validity};
+use support::example::Example;
 use tokio::net::TcpStream;
 
 /// How long the server may take to start, and any one wait.
@@ -69,134 +73,16 @@ const PERMISSION_DENIED: u32 = 7;
 
 // === The serve-k8s binary ===
 
-/// `serve-k8s`, built once per test run in this test's profile, features and target directory.
-fn serve_k8s() -> &'static Path {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        // target/<profile>/deps/examples_istio-HASH
-        let exe = std::env::current_exe().expect("the test binary's path");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>");
-        let target_dir = profile_dir.parent().expect("target");
-        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") => "dev",
-            Some(other) => other,
-            None => panic!("no profile in {}", exe.display()),
-        };
-        let mut build = Command::new(env!("CARGO"));
-        build
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            // The features this test is built with (it is empty without `k8s`): nothing is
-            // built twice.
-            .args(["build", "--example", "serve-k8s", "--features=k8s"])
-            .args(["--profile", profile])
-            .arg("--target-dir")
-            .arg(target_dir);
-        // What cargo sets for a running test describes this package, not the build: a build
-        // script that watches one of them (ring's watches CARGO_MANIFEST_DIR) would run again.
-        for (name, _) in std::env::vars_os() {
-            let name = name.to_string_lossy();
-            if name.starts_with("CARGO_PKG_") || TEST_ENV.contains(&&*name) {
-                build.env_remove(&*name);
-            }
-        }
-        let status = build.status().expect("cargo runs");
-        assert!(
-            status.success(),
-            "cargo build --example serve-k8s: {status}"
-        );
-        profile_dir.join("examples").join("serve-k8s")
-    })
-}
-
-/// What cargo sets, besides `CARGO_PKG_*`, for a running test.
-const TEST_ENV: [&str; 8] = [
-    "CARGO_MANIFEST_DIR",
-    "CARGO_MANIFEST_PATH",
-    "CARGO_CRATE_NAME",
-    "CARGO_BIN_NAME",
-    "CARGO_PRIMARY_PACKAGE",
-    "CARGO_TARGET_TMPDIR",
-    "CARGO_RUSTC_CURRENT_DIR",
-    "OUT_DIR",
-];
-
-/// A `serve-k8s` child process with its stderr in a file; killed by its PID when dropped.
-struct ServeK8s {
-    child: Child,
-    log: PathBuf,
-}
+/// `serve-k8s` as a child process (see `support::example`).
+struct ServeK8s;
 
 impl ServeK8s {
     /// Starts `serve-k8s ARGS` with `KUBECONFIG=kubeconfig`, logging (at the default INFO
     /// level) into `log`.
-    fn start(log: PathBuf, kubeconfig: &Path, args: &[&str]) -> ServeK8s {
-        let binary = tokio::task::block_in_place(serve_k8s);
-        let child = Command::new(binary)
-            .args(args)
-            .env("KUBECONFIG", kubeconfig)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).expect("create the log"))
-            .spawn()
-            .expect("serve-k8s starts");
-        ServeK8s { child, log }
-    }
-
-    fn log(&self) -> String {
-        let mut log = String::new();
-        fs::File::open(&self.log)
-            .and_then(|mut f| f.read_to_string(&mut log))
-            .expect("read the log");
-        log
-    }
-
-    /// Waits for a log line containing `needle`; returns it. Polls without blocking the
-    /// runtime, which serves the API server the child talks to.
-    async fn wait_for_line(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let file = fs::File::open(&self.log).expect("open the log");
-            if let Some(line) = BufReader::new(file)
-                .lines()
-                .map_while(Result::ok)
-                .find(|l| l.contains(needle))
-            {
-                return line;
-            }
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                panic!(
-                    "serve-k8s exited ({status}) before logging {needle:?}:\n{}",
-                    self.log()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {needle:?} in the log within {WAIT:?}:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// The address in the `listening (...) address=...` line whose text is `what`.
-    async fn address(&mut self, what: &str) -> SocketAddr {
-        let line = self.wait_for_line(what).await;
-        let (_, rest) = line.split_once("address=").expect("an address");
-        rest.split_whitespace()
-            .next()
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
-    }
-}
-
-impl Drop for ServeK8s {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn start(log: PathBuf, kubeconfig: &Path, args: &[&str]) -> Example {
+        tokio::task::block_in_place(|| {
+            Example::start("serve-k8s", log, args, &[("KUBECONFIG", kubeconfig)])
+        })
     }
 }
 
@@ -257,7 +143,7 @@ impl Credentials {
 /// The test API server with the credentials, and `serve-k8s -A --policy istio` over it.
 struct Cluster {
     /// Dropped first: the child goes before the API server it watches.
-    server: ServeK8s,
+    server: Example,
     api: ApiServer,
     addr: SocketAddr,
     server_ca: Ca,
@@ -325,13 +211,13 @@ impl Cluster {
                 "20ms",
             ],
         );
-        let policy = server.wait_for_line("who may have which secret").await;
+        let policy = server.line("who may have which secret").await;
         assert!(
             policy.contains("Istio gateways") && policy.contains("trust domain cluster.local"),
             "{policy}"
         );
         // Logged once the first snapshot is served.
-        let addr = server.address("listening (TLS over TCP)").await;
+        let addr = server.address_async("listening (TLS over TCP)").await;
         Cluster {
             server,
             api,
@@ -489,7 +375,7 @@ async fn other_namespaces_and_trust_domains_are_refused_without_a_review() {
     assert_eq!(cluster.reviews(), [review(USER_A, "a")]);
     let denial = cluster
         .server
-        .wait_for_line("denied by the policy; not sending it")
+        .line("denied by the policy; not sending it")
         .await;
     assert!(
         denial.contains("WARN")
@@ -519,7 +405,7 @@ async fn other_namespaces_and_trust_domains_are_refused_without_a_review() {
     // Published before a/a-cred changes: a push of it would come before a/a-cred's.
     cluster
         .server
-        .wait_for_line("secret updated secret=kubernetes://b/b-cred ")
+        .line("secret updated secret=kubernetes://b/b-cred ")
         .await;
     cluster
         .api
@@ -599,7 +485,7 @@ async fn a_denied_service_account_gets_the_reason_and_its_ca_certificates() {
     }
     let denial = cluster
         .server
-        .wait_for_line("denied by the policy; not sending it")
+        .line("denied by the policy; not sending it")
         .await;
     assert!(
         denial.contains("WARN")

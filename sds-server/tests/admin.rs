@@ -182,32 +182,7 @@ async fn scrape(admin: &Admin) -> HashMap<String, f64> {
     let (status, content_type, body) = get(admin, "/metrics", None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
-    let lines = body.lines().map(|l| Ok(l.to_owned()));
-    let parsed = prometheus_parse::Scrape::parse(lines).expect("Prometheus text parses");
-    parsed
-        .samples
-        .into_iter()
-        .map(|sample| {
-            let mut labels: Vec<String> = sample
-                .labels
-                .iter()
-                .map(|(k, v)| format!("{k}=\"{v}\""))
-                .collect();
-            labels.sort();
-            let key = if labels.is_empty() {
-                sample.metric
-            } else {
-                format!("{}{{{}}}", sample.metric, labels.join(","))
-            };
-            let value = match sample.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => v,
-                other => panic!("unexpected sample type {other:?}"),
-            };
-            (key, value)
-        })
-        .collect()
+    sds_test_util::metrics::samples(&body)
 }
 
 fn sample(metrics: &HashMap<String, f64>, key: &str) -> f64 {

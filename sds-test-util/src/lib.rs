@@ -7,6 +7,7 @@
 //!   and drive TLS handshakes with `curl`.
 //! - [`kubelet`]: a Secret volume as kubelet mounts and updates it (`..data` symlinks).
 //! - [`ocsp`]: real OCSP responses signed by a [`certs::Ca`], and broken variants of them.
+//! - [`metrics`]: a `/metrics` page read by a Prometheus text parser.
 
 pub mod certs;
 pub mod envoy;
@@ -14,4 +15,5 @@ pub mod envoy_node;
 pub mod kubelet;
 pub mod leak;
 pub mod logs;
+pub mod metrics;
 pub mod ocsp;

@@ -131,40 +131,69 @@ impl Example {
     pub(crate) fn wait_for_line(&mut self, needle: &str) -> String {
         let deadline = Instant::now() + WAIT;
         loop {
-            let file = fs::File::open(&self.log).expect("open the log");
-            if let Some(line) = BufReader::new(file)
-                .lines()
-                .map_while(Result::ok)
-                .find(|l| l.contains(needle))
-            {
+            if let Some(line) = self.find_line(needle, deadline) {
                 return line;
             }
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                panic!(
-                    "{} exited ({status}) before logging {needle:?}:\n{}",
-                    self.name,
-                    self.log()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {needle:?} in the log of {} within {WAIT:?}:\n{}",
-                self.name,
-                self.log()
-            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
+    /// [`Example::wait_for_line`] without blocking the runtime (which may serve what the
+    /// child talks to, as an in-process API server).
+    pub(crate) async fn line(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(line) = self.find_line(needle, deadline) {
+                return line;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The first log line containing `needle`, if logged yet; panics with the log if the
+    /// child exited first or `deadline` passed.
+    fn find_line(&mut self, needle: &str, deadline: Instant) -> Option<String> {
+        let file = fs::File::open(&self.log).expect("open the log");
+        if let Some(line) = BufReader::new(file)
+            .lines()
+            .map_while(Result::ok)
+            .find(|l| l.contains(needle))
+        {
+            return Some(line);
+        }
+        if let Some(status) = self.child.try_wait().expect("wait") {
+            panic!(
+                "{} exited ({status}) before logging {needle:?}:\n{}",
+                self.name,
+                self.log()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} in the log of {} within {WAIT:?}:\n{}",
+            self.name,
+            self.log()
+        );
+        None
+    }
+
     /// The address in the first log line containing `what` (`... address=HOST:PORT ...`).
     pub(crate) fn address(&mut self, what: &str) -> SocketAddr {
-        let line = self.wait_for_line(what);
-        let (_, rest) = line.split_once("address=").expect("an address");
-        rest.split_whitespace()
-            .next()
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
+        address_in(&self.wait_for_line(what))
     }
+
+    /// [`Example::address`] without blocking the runtime.
+    pub(crate) async fn address_async(&mut self, what: &str) -> SocketAddr {
+        address_in(&self.line(what).await)
+    }
+}
+
+fn address_in(line: &str) -> SocketAddr {
+    let (_, rest) = line.split_once("address=").expect("an address");
+    rest.split_whitespace()
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
 }
 
 impl Drop for Example {
