@@ -607,9 +607,11 @@ fn refused_at_the_handshake(server: &Server, tls: SdsTls) {
         (0, 0, 0),
         "the client reached the service: {stats:?}"
     );
-    // Envoy saw its handshakes with the SDS server fail, and none succeed.
+    // Envoy saw its connections to the SDS server fail, and never got connected. (Not
+    // `ssl.handshake == 0`: in TLS 1.3 the client's side of the handshake is complete before
+    // the server checks the client certificate, so Envoy may count one before the server's
+    // `certificate_required` alert ends it: seen on 1.36.2 under load.)
     assert!(envoy.stat("cluster.sds.ssl.connection_error") >= Some(1));
-    assert_eq!(envoy.stat("cluster.sds.ssl.handshake"), Some(0));
     assert_eq!(
         envoy.stat("sds.a-cred.control_plane.connected_state"),
         Some(0)
