@@ -1,6 +1,6 @@
 //! The one error type of `sds-rustls`.
 
-use sds_core::{KeyFormat, SecretName, Version};
+use sds_core::{SecretName, Version};
 
 /// Why a secret cannot be used with rustls (which secret, and why), or why a host mapping is
 /// invalid.
@@ -32,22 +32,9 @@ pub enum Error {
         found: &'static str,
     },
 
-    /// The private key is in an encoding this crate cannot hand to rustls (a
-    /// [`KeyFormat`] newer than this crate).
-    #[error(
-        "secret `{name}` (version {version}) has a private key in {format:?} encoding, which sds-rustls cannot load"
-    )]
-    UnsupportedKeyFormat {
-        /// The secret.
-        name: SecretName,
-        /// The secret's version.
-        version: Version,
-        /// The key's encoding.
-        format: KeyFormat,
-    },
-
     /// rustls (with the ring provider) cannot sign with the secret's key, e.g. an RSA key
-    /// larger than ring loads, which sds-core accepts for Envoy.
+    /// larger than ring loads, which sds-core accepts for Envoy, or a key encoding newer than
+    /// this crate.
     #[error("rustls refused the key of secret `{name}` (version {version})")]
     KeyRefused {
         /// The secret.
@@ -98,7 +85,6 @@ impl Error {
         match self {
             Error::NotPublished { name }
             | Error::WrongKind { name, .. }
-            | Error::UnsupportedKeyFormat { name, .. }
             | Error::KeyRefused { name, .. }
             | Error::TrustRefused { name, .. } => Some(name),
             Error::InvalidHost { .. } | Error::DuplicateHost { .. } => None,

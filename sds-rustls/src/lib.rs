@@ -109,6 +109,7 @@ pub use crate::{
     follow::Driver,
     server_certs::{ServerCerts, ServerCertsBuilder},
     server_verifier::ServerVerifier,
+    signing::certified_key,
 };
 
 /// The rustls this crate builds on, for naming its types (e.g. [`rustls::ServerConfig`])

@@ -20,7 +20,15 @@ pub(crate) fn prepare(
     secret: &Secret,
 ) -> Result<Arc<sign::CertifiedKey>, Error> {
     match secret {
-        Secret::TlsCertificate(credential) => certified_key(name, credential).map(Arc::new),
+        Secret::TlsCertificate(credential) => {
+            certified_key(credential)
+                .map(Arc::new)
+                .map_err(|source| Error::KeyRefused {
+                    name: name.clone(),
+                    version: credential.version(),
+                    source,
+                })
+        }
         other => Err(Error::WrongKind {
             name: name.clone(),
             expected: TLS_CERTIFICATE,
@@ -29,36 +37,35 @@ pub(crate) fn prepare(
     }
 }
 
-/// `credential` as rustls signs with it (ring), with its OCSP staple. The key bytes are
-/// borrowed, not copied: ring keeps its own parsed key.
-fn certified_key(
-    name: &SecretName,
-    credential: &CertifiedKey,
-) -> Result<sign::CertifiedKey, Error> {
-    let refused = |source| Error::KeyRefused {
-        name: name.clone(),
-        version: credential.version(),
-        source,
-    };
+/// `credential` as rustls signs with it (ring), with its OCSP staple: what [`ServerCerts`]
+/// and [`ClientCert`] present, and what `sds-server` presents on its own TLS channel. The
+/// key bytes are borrowed, not copied: ring keeps its own parsed key. Call it once per
+/// version, not per handshake.
+///
+/// # Errors
+/// A key rustls' ring provider cannot sign with (e.g. an RSA key larger than ring loads, or
+/// an encoding it does not read), or one that does not match the leaf.
+///
+/// [`ServerCerts`]: crate::ServerCerts
+/// [`ClientCert`]: crate::ClientCert
+pub fn certified_key(credential: &CertifiedKey) -> Result<sign::CertifiedKey, rustls::Error> {
     let secret = credential.key().secret_der();
     let der = match credential.key().format() {
         KeyFormat::Pkcs8 => PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(secret)),
         KeyFormat::Pkcs1 => PrivateKeyDer::Pkcs1(PrivatePkcs1KeyDer::from(secret)),
         KeyFormat::Sec1 => PrivateKeyDer::Sec1(PrivateSec1KeyDer::from(secret)),
-        format => {
-            return Err(Error::UnsupportedKeyFormat {
-                name: name.clone(),
-                version: credential.version(),
-                format,
-            });
+        other => {
+            return Err(rustls::Error::General(format!(
+                "private keys in {other:?} encoding are not supported"
+            )));
         }
     };
-    let signing_key = rustls::crypto::ring::sign::any_supported_type(&der).map_err(refused)?;
+    let signing_key = rustls::crypto::ring::sign::any_supported_type(&der)?;
     let mut key = sign::CertifiedKey::new(credential.chain().to_vec(), signing_key);
     match key.keys_match() {
         // sds-core checked that the key is the leaf's; ring may not say.
         Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
-        Err(error) => return Err(refused(error)),
+        Err(error) => return Err(error),
     }
     key.ocsp = credential.ocsp_staple().map(|staple| staple.der().to_vec());
     Ok(key)

@@ -25,6 +25,7 @@ mod secrets;
 #[cfg(feature = "serde")]
 mod serialize;
 
+pub(crate) use self::secrets::system_time;
 pub use self::{
     clients::{Api, Client, Nack, Subscription},
     secrets::{

@@ -53,9 +53,12 @@ use prometheus_client::{
     encoding::{DescriptorEncoder, EncodeMetric},
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
 };
-use sds_core::{SecretName, UnixTime};
+use sds_core::SecretName;
 
-use crate::{inventory::Api, service::Inner};
+use crate::{
+    inventory::{Api, system_time},
+    service::Inner,
+};
 
 /// At most this many waiting names are labelled in `sds_subscription_waiting_seconds`.
 pub(crate) const MAX_WAITING_NAMES: usize = 100;
@@ -201,7 +204,7 @@ impl Collector for ServiceCollector {
         gauge(e, "secrets", "Secrets served", secrets.len() as i64)?;
         let expired = secrets
             .iter()
-            .filter(|(_, s)| s.not_after().is_some_and(|t| unix(t) <= now))
+            .filter(|(_, s)| s.not_after().is_some_and(|t| system_time(t) <= now))
             .count();
         gauge(
             e,
@@ -233,7 +236,7 @@ impl Collector for ServiceCollector {
         )?;
         for (name, s) in &secrets {
             if let Some(not_after) = s.not_after() {
-                let left = seconds_between(now, unix(not_after));
+                let left = seconds_between(now, system_time(not_after));
                 ConstGauge::new(left).encode(expiry.encode_family(&secret(name))?)?;
             }
         }
@@ -331,10 +334,6 @@ fn counter(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: u64) ->
 fn gauge(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: i64) -> fmt::Result {
     let metric = ConstGauge::new(value);
     metric.encode(e.encode_descriptor(name, help, None, metric.metric_type())?)
-}
-
-fn unix(t: UnixTime) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(t.as_secs())
 }
 
 /// `to - from` in seconds, negative when `to` is earlier.

@@ -8,22 +8,20 @@
 
 use std::{
     borrow::Cow,
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     sync::{
         Arc, OnceLock,
         atomic::{AtomicU64, Ordering},
     },
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 
 use parking_lot::{Mutex, MutexGuard};
-use std::{collections::HashMap, time::Duration};
-
-use crate::metrics::{MAX_WAITING_NAMES, Waiting};
 use sds_core::{SecretName, Untrusted};
 
 use crate::{
     inventory::{Client, Nack, Subscription},
+    metrics::{MAX_WAITING_NAMES, Waiting},
     policy::Peer,
     pump::Protocol,
     session::SHOWN_CHARS,

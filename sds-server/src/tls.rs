@@ -76,14 +76,13 @@ use parking_lot::RwLock;
 use rustls::{
     RootCertStore, ServerConfig,
     crypto::CryptoProvider,
-    pki_types::{PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer},
     server::{
         ServerConnection, VerifierBuilderError, WebPkiClientVerifier, danger::ClientCertVerifier,
     },
-    sign::{self, SingleCertAndKey},
+    sign::SingleCertAndKey,
 };
 use sds_core::{
-    CertifiedKey, KeyFormat, Reader, Secret, SecretName, Snapshot, TrustBundle, Untrusted, Version,
+    CertifiedKey, Reader, Secret, SecretName, Snapshot, TrustBundle, Untrusted, Version,
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
@@ -310,7 +309,7 @@ impl Shared {
             let name = name.clone();
             move |source| Error::TlsSecretRejected { name, source }
         };
-        let key = certified_key(certificate).map_err(rejected(&self.certificate))?;
+        let key = sds_rustls::certified_key(certificate).map_err(rejected(&self.certificate))?;
         let verifier =
             client_verifier(client_ca, &self.provider).map_err(rejected(&self.client_ca))?;
         let mut config = ServerConfig::builder_with_provider(Arc::clone(&self.provider))
@@ -321,31 +320,6 @@ impl Shared {
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(config)
     }
-}
-
-/// `credential` as rustls signs with it (ring). The key bytes are borrowed, not copied: ring
-/// keeps its own parsed key.
-fn certified_key(credential: &CertifiedKey) -> Result<sign::CertifiedKey, rustls::Error> {
-    let secret = credential.key().secret_der();
-    let der = match credential.key().format() {
-        KeyFormat::Pkcs8 => PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(secret)),
-        KeyFormat::Pkcs1 => PrivateKeyDer::Pkcs1(PrivatePkcs1KeyDer::from(secret)),
-        KeyFormat::Sec1 => PrivateKeyDer::Sec1(PrivateSec1KeyDer::from(secret)),
-        other => {
-            return Err(rustls::Error::General(format!(
-                "private keys in {other:?} encoding are not supported"
-            )));
-        }
-    };
-    let signing_key = rustls::crypto::ring::sign::any_supported_type(&der)?;
-    let mut key = sign::CertifiedKey::new(credential.chain().to_vec(), signing_key);
-    match key.keys_match() {
-        // sds-core checked that the key is the leaf's; ring may not say.
-        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
-        Err(error) => return Err(error),
-    }
-    key.ocsp = credential.ocsp_staple().map(|staple| staple.der().to_vec());
-    Ok(key)
 }
 
 /// A verifier that requires a client certificate chaining to one of `bundle`'s anchors, not
@@ -793,7 +767,7 @@ mod tests {
         let ca = Ca::new("server CA");
         for kind in KeyKind::SERVABLE {
             let leaf = ca.issue(&["sds.example"], kind, Validity::current());
-            let key = certified_key(&credential("server", &leaf))
+            let key = sds_rustls::certified_key(&credential("server", &leaf))
                 .unwrap_or_else(|e| panic!("{kind:?}: {e}"));
             assert_eq!(key.cert.len(), 1);
             assert_eq!(

@@ -189,7 +189,8 @@ impl Certificate {
     }
 }
 
-fn system_time(time: UnixTime) -> SystemTime {
+/// `time` as a `SystemTime` (whole seconds).
+pub(crate) fn system_time(time: UnixTime) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(time.as_secs())
 }
 
