@@ -60,12 +60,16 @@ struct Refusal {
 }
 
 impl fmt::Display for Refusal {
+    /// The cause with its whole chain (why rustls refused the bundle, say), since rustls
+    /// shows only this text to whoever reads the handshake error.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}; every peer certificate is refused until it is usable",
-            self.cause
-        )
+        write!(f, "{}", self.cause)?;
+        let mut source = std::error::Error::source(&self.cause);
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        f.write_str("; every peer certificate is refused until it is usable")
     }
 }
 
@@ -75,7 +79,7 @@ impl fmt::Debug for Refusal {
     }
 }
 
-// No `source`: the message holds the cause already.
+// No `source`: the message holds the cause and its chain already.
 impl std::error::Error for Refusal {}
 
 /// Checks a TLS 1.2 handshake signature: it depends on the peer's certificate only, not on

@@ -1,7 +1,7 @@
 //! The transport: a lazily connecting tonic channel over a Unix socket, TCP, or TLS over TCP
 //! (tokio-rustls), through our own connector, so tonic's TLS features are not needed.
 
-use std::{io, path::PathBuf, sync::Arc};
+use std::{io, path::PathBuf, sync::Arc, time::Duration};
 
 use hyper_util::rt::TokioIo;
 use rustls::{ClientConfig, pki_types::ServerName};
@@ -36,7 +36,7 @@ impl Target {
             Target::Unix(path) => {
                 let path = path.clone();
                 // The URI is not used by the connector; tonic only needs a well-formed one.
-                Endpoint::from_static("http://localhost").connect_with_connector_lazy(
+                live(Endpoint::from_static("http://localhost")).connect_with_connector_lazy(
                     tower::service_fn(move |_: Uri| {
                         let path = path.clone();
                         async move {
@@ -48,7 +48,7 @@ impl Target {
             }
             Target::Tcp { uri, tls } => {
                 let tls = tls.clone();
-                Endpoint::from(uri.clone()).connect_with_connector_lazy(tower::service_fn(
+                live(Endpoint::from(uri.clone())).connect_with_connector_lazy(tower::service_fn(
                     move |uri: Uri| {
                         let tls = tls.clone();
                         async move { Ok::<_, io::Error>(TokioIo::new(tcp(uri, tls).await?)) }
@@ -84,4 +84,15 @@ async fn tcp(uri: Uri, tls: Option<Arc<ClientConfig>>) -> io::Result<Box<dyn Io>
         .connect(name, stream)
         .await?;
     Ok(Box::new(stream))
+}
+
+/// `endpoint` with deadlines, so that an upstream that stalls or vanishes without closing
+/// the connection is noticed (and reconnected to) rather than waited for forever: a connect
+/// timeout, and HTTP/2 keep-alive pings while idle (SDS streams are idle between rotations).
+fn live(endpoint: Endpoint) -> Endpoint {
+    endpoint
+        .connect_timeout(Duration::from_secs(10))
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true)
 }

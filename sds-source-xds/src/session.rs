@@ -115,17 +115,8 @@ impl Subscription {
             }
             Err(error) => {
                 let described = convert::describe(&error);
-                // Once per problem: an upstream that sends the same bad secret again (in a
-                // loop, say) does not repeat the WARN line.
-                let again = matches!(
-                    held.get(&name),
-                    Some(Held::Rejected(previous)) if previous.same_problem(&error)
-                );
-                if again {
-                    tracing::debug!(origin = %self.origin, secret = %name, error = %described, "rejected a secret from the upstream SDS server again");
-                } else {
-                    tracing::warn!(origin = %self.origin, secret = %name, error = %described, "rejected a secret from the upstream SDS server");
-                }
+                // The publisher logs each new rejection at WARN, with this reason: once.
+                tracing::debug!(origin = %self.origin, secret = %name, error = %described, "rejected a secret from the upstream SDS server");
                 review.problem(described);
                 held.insert(name, Held::Rejected(error));
                 false

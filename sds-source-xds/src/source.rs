@@ -73,6 +73,15 @@ impl XdsSource {
     /// [`XdsSource::tls`].
     pub fn tcp(uri: impl AsRef<str>) -> Result<Self, Error> {
         let given = uri.as_ref();
+        // Never echo a password: refused before the URI is shown anywhere.
+        let authority = given.split_once("://").map_or(given, |(_, rest)| rest);
+        let authority = authority.split(['/', '?', '#']).next().unwrap_or_default();
+        if authority.contains('@') {
+            return Err(Error::InvalidEndpoint {
+                endpoint: "(a URI with credentials, not shown)".to_owned(),
+                problem: "credentials in the URI are not supported",
+            });
+        }
         let invalid = |problem| Error::InvalidEndpoint {
             endpoint: given.escape_default().take(256).collect(),
             problem,

@@ -15,7 +15,7 @@ use sds_proto::envoy::service::{
     secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient,
 };
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming, transport::Channel};
 
 use crate::{
@@ -36,17 +36,24 @@ pub(crate) enum Event {
 
 /// How a session's stream is opened.
 pub(crate) trait Call: Session {
+    /// Whether `request` NACKs the response it answers.
+    fn is_nack(request: &Self::Request) -> bool;
+
     /// Opens the stream with `requests` as the request side.
     fn call(
         client: &Client,
-        requests: UnboundedReceiverStream<Self::Request>,
+        requests: ReceiverStream<Self::Request>,
     ) -> impl Future<Output = Result<tonic::Response<Streaming<Self::Response>>, Status>> + Send + 'static;
 }
 
 impl Call for Sotw {
+    fn is_nack(request: &DiscoveryRequest) -> bool {
+        request.error_detail.is_some()
+    }
+
     fn call(
         client: &Client,
-        requests: UnboundedReceiverStream<DiscoveryRequest>,
+        requests: ReceiverStream<DiscoveryRequest>,
     ) -> impl Future<Output = Result<tonic::Response<Streaming<DiscoveryResponse>>, Status>>
     + Send
     + 'static {
@@ -56,9 +63,13 @@ impl Call for Sotw {
 }
 
 impl Call for Delta {
+    fn is_nack(request: &DeltaDiscoveryRequest) -> bool {
+        request.error_detail.is_some()
+    }
+
     fn call(
         client: &Client,
-        requests: UnboundedReceiverStream<DeltaDiscoveryRequest>,
+        requests: ReceiverStream<DeltaDiscoveryRequest>,
     ) -> impl Future<Output = Result<tonic::Response<Streaming<DeltaDiscoveryResponse>>, Status>>
     + Send
     + 'static {
@@ -74,13 +85,13 @@ pub(crate) struct Worker<S: Session> {
     client: Client,
     endpoint: Arc<str>,
     backoff: Backoff,
-    /// Consecutive failures since the last response.
+    /// Consecutive failures since the last accepted response.
     failures: u32,
     open: Option<Open<S>>,
 }
 
 struct Open<S: Session> {
-    requests: mpsc::UnboundedSender<S::Request>,
+    requests: mpsc::Sender<S::Request>,
     responses: Streaming<S::Response>,
 }
 
@@ -132,10 +143,16 @@ impl<S: Call> Worker<S> {
             };
             let error = match open.responses.message().await {
                 Ok(Some(response)) => {
-                    self.failures = 0;
                     let reply = self.session.on_response(response, UnixTime::now());
-                    // A closed request side shows up as the end of the responses next.
-                    let _ = open.requests.send(reply);
+                    // Only an accepted response ends a run of failures: a server that sends
+                    // something bad and hangs up is reconnected to ever more slowly.
+                    if !S::is_nack(&reply) {
+                        self.failures = 0;
+                    }
+                    // One request in flight: the next response is not read until the
+                    // server took this answer (HTTP/2 flow control), so answers never pile
+                    // up. A closed request side shows up as the end of the responses next.
+                    let _ = open.requests.send(reply).await;
                     return Event::Held(self.index, self.session.held().clone());
                 }
                 Ok(None) => Error::Closed {
@@ -154,10 +171,10 @@ impl<S: Call> Worker<S> {
 
     /// Opens a stream and queues its first request.
     async fn connect(&mut self) -> Result<Open<S>, Error> {
-        let (requests, rx) = mpsc::unbounded_channel();
-        // Cannot fail: `rx` is alive.
-        let _ = requests.send(self.session.first());
-        let responses = S::call(&self.client, UnboundedReceiverStream::new(rx))
+        let (requests, rx) = mpsc::channel(1);
+        // Cannot fail: `rx` is alive and the channel empty.
+        let _ = requests.try_send(self.session.first());
+        let responses = S::call(&self.client, ReceiverStream::new(rx))
             .await
             .map_err(|status| Error::Connect {
                 endpoint: self.endpoint.to_string(),

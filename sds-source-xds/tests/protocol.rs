@@ -401,5 +401,13 @@ async fn configuration_errors_end_the_stream() {
         [Err(Error::InvalidEndpoint { .. })]
     ));
     assert!(XdsSource::tcp("ftp://x").is_err());
+    // A password in the URI is refused and never shown.
+    let with_password = XdsSource::tcp("https://sds:hunter2@127.0.0.1:8234")
+        .expect_err("credentials in the URI are refused");
+    assert!(
+        !with_password.to_string().contains("hunter2"),
+        "{with_password}"
+    );
+    assert!(!format!("{with_password:?}").contains("hunter2"));
     assert!(XdsSource::unix("/x").names(["has space"]).is_err());
 }
