@@ -18,3 +18,8 @@ pub use sds_server as server;
 pub use sds_source_fs as fs;
 #[cfg(feature = "k8s")]
 pub use sds_source_k8s as k8s;
+
+/// The README's Rust examples, compiled (and run, unless marked otherwise) as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -43,6 +43,9 @@ pub(crate) struct Follow<T> {
 /// What was prepared, per name (in the order of [`Follow::names`]).
 struct State<T> {
     slots: Box<[Slot<T>]>,
+    /// Whether it was built from a snapshot: a followed name missing from the first one is
+    /// logged once (a misspelt name would otherwise only fail handshakes, at DEBUG).
+    published: bool,
 }
 
 #[derive(Clone)]
@@ -87,7 +90,10 @@ impl<T: Clone + Send + Sync + 'static> Follow<T> {
             // wakes it.
             reader: reader.clone(),
             names: names.into(),
-            state: ArcSwap::from_pointee(State { slots }),
+            state: ArcSwap::from_pointee(State {
+                slots,
+                published: false,
+            }),
             prepare,
             role,
             dropped: Arc::clone(&dropped),
@@ -160,19 +166,23 @@ impl<T: Clone + Send + Sync + 'static> Follow<T> {
         &self.names
     }
 
-    /// The state after `snapshot`, or `None` if no followed secret changed. Prepares only the
-    /// secrets whose version changed.
+    /// The state after `snapshot`, or `None` if no followed secret changed (and it is not the
+    /// first snapshot). Prepares only the secrets whose version changed.
     fn next(
         &self,
         current: &State<T>,
         snapshot: Option<&Snapshot>,
         events: &mut Vec<Event>,
     ) -> Option<State<T>> {
+        let first = !current.published && snapshot.is_some();
         let mut slots: Option<Vec<Slot<T>>> = None;
         for (index, (name, slot)) in self.names.iter().zip(current.slots.iter()).enumerate() {
             let secret = snapshot.and_then(|s| s.get(name.as_str()));
             let seen = secret.map(|s| s.version());
             if seen == slot.seen {
+                if first && seen.is_none() {
+                    events.push(Event::Missing { name: name.clone() });
+                }
                 continue;
             }
             let kept = slot.good.as_ref().map(|p| p.version);
@@ -225,8 +235,12 @@ impl<T: Clone + Send + Sync + 'static> Follow<T> {
             };
             slots.get_or_insert_with(|| current.slots.to_vec())[index] = updated;
         }
+        if first && slots.is_none() {
+            slots = Some(current.slots.to_vec());
+        }
         slots.map(|slots| State {
             slots: slots.into(),
+            published: current.published || snapshot.is_some(),
         })
     }
 }
@@ -296,6 +310,10 @@ enum Event {
         name: SecretName,
         kept: Option<Version>,
     },
+    /// Not in the first snapshot.
+    Missing {
+        name: SecretName,
+    },
 }
 
 impl Event {
@@ -346,6 +364,11 @@ impl Event {
             Event::Removed { name, kept: None } => tracing::debug!(
                 secret = %name, role,
                 "secret no longer published"
+            ),
+            Event::Missing { name } => tracing::warn!(
+                secret = %name, role,
+                "secret not published by the source (yet); handshakes that need it fail until \
+                 it is"
             ),
         }
     }
@@ -592,6 +615,48 @@ mod tests {
             .await
             .expect("the driver ends")
             .expect("without panicking");
+    }
+
+    #[tokio::test]
+    async fn a_name_missing_from_the_first_snapshot_is_logged_once() {
+        let ca = Ca::new("CA");
+        let a = secret(&ca, "a");
+        let (tx, rx) = mpsc::channel::<Result<Update, io::Error>>(1);
+        let (mut reader, publisher) =
+            sds_core::publish(sds_core::from_stream(ReceiverStream::new(rx)));
+        tokio::spawn(publisher);
+        let captured = sds_test_util::logs::Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(captured.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let missing = |text: &str| text.matches("secret not published by the source").count();
+
+        let (follow, _driver, _) = counting(reader.clone(), &["a", "misspelt"]);
+        assert_eq!(
+            missing(&captured.text()),
+            0,
+            "no snapshot yet: nothing to say"
+        );
+        tx.send(Ok(update(&[("a", &a)]))).await.expect("sent");
+        reader.changed().await.expect("published");
+        assert!(matches!(
+            follow.refresh(),
+            Err(Error::NotPublished { name: n }) if n == name("misspelt")
+        ));
+        let text = captured.text();
+        assert_eq!(missing(&text), 1, "{text}");
+        assert!(text.contains("secret=misspelt"), "{text}");
+        assert_eq!(follow.value(0), Some(a.version()));
+
+        // Later snapshots without it do not repeat the warning.
+        tx.send(Ok(update(&[("a", &secret(&ca, "a"))])))
+            .await
+            .expect("sent");
+        reader.changed().await.expect("published");
+        let _ = follow.refresh();
+        assert_eq!(missing(&captured.text()), 1);
     }
 
     #[tokio::test]

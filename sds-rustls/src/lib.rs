@@ -80,7 +80,9 @@
 //!   it. A version that rustls cannot use (a key ring cannot sign with, a bundle with no usable
 //!   anchor) keeps the previous prepared value for that name and is logged at WARN with the
 //!   secret's name and version, never key material. A secret its source removes stays in use
-//!   in its last version, as Envoy keeps it.
+//!   in its last version, as Envoy keeps it. A followed name absent from the source's first
+//!   snapshot (a misspelt name, a credential not created yet) is logged at WARN once; the
+//!   handshakes that need it fail until it arrives.
 //!
 //! # Feature flags
 //! None. rustls' ring provider loads the keys and checks signatures (the workspace's rustls
