@@ -3,6 +3,11 @@
 //! so every scenario (rotation, SNI, mutual TLS, a bad key held back, a late credential, a
 //! restart, Istio's `sds://` names, OCSP staples) also crosses the SDS client.
 
+#[allow(dead_code)]
+mod support {
+    pub(crate) mod sds;
+}
+
 #[path = "support/envoy_suite.rs"]
 mod suite;
 

@@ -883,6 +883,7 @@ impl FilterChain {
 #[derive(Debug, Clone)]
 pub struct SdsBootstrap {
     endpoint: SdsEndpoint,
+    replicas: Vec<SdsEndpoint>,
     api: SdsApi,
     node_id: String,
     node_cluster: String,
@@ -900,6 +901,7 @@ impl SdsBootstrap {
     pub fn new(endpoint: SdsEndpoint) -> Self {
         SdsBootstrap {
             endpoint,
+            replicas: Vec::new(),
             api: SdsApi::Grpc,
             node_id: "sds-test-envoy".to_owned(),
             node_cluster: "sds-test".to_owned(),
@@ -939,6 +941,14 @@ impl SdsBootstrap {
     /// Adds a filter chain.
     pub fn chain(mut self, chain: FilterChain) -> Self {
         self.chains.push(chain);
+        self
+    }
+
+    /// Adds another endpoint to the cluster `sds`: a replica of the SDS server. Envoy picks
+    /// an endpoint for each stream (round robin, no health checks), so its streams spread over
+    /// the replicas and a stream cut by one reconnects to the next endpoint.
+    pub fn replica(mut self, endpoint: SdsEndpoint) -> Self {
+        self.replicas.push(endpoint);
         self
     }
 
@@ -1039,7 +1049,10 @@ impl SdsBootstrap {
             id = yaml_str(&self.node_id),
             cluster = yaml_str(&self.node_cluster),
             listener = yaml_str(&self.listener_name),
-            cluster_yaml = sds_cluster_yaml(&self.endpoint, self.sds_tls.as_ref()),
+            cluster_yaml = sds_cluster_yaml(
+                std::iter::once(&self.endpoint).chain(&self.replicas),
+                self.sds_tls.as_ref()
+            ),
         )
     }
 }
@@ -1075,10 +1088,13 @@ fn stat_safe(s: &str) -> String {
         .collect()
 }
 
-/// The static HTTP/2 cluster `sds` pointing at `endpoint` (list item under `clusters:`), over
-/// TLS if `tls` is given.
-fn sds_cluster_yaml(endpoint: &SdsEndpoint, tls: Option<&SdsTls>) -> String {
-    let address = match endpoint {
+/// The static HTTP/2 cluster `sds` pointing at `endpoints` (list item under `clusters:`),
+/// over TLS if `tls` is given.
+fn sds_cluster_yaml<'a>(
+    endpoints: impl IntoIterator<Item = &'a SdsEndpoint>,
+    tls: Option<&SdsTls>,
+) -> String {
+    let address = |endpoint: &SdsEndpoint| match endpoint {
         SdsEndpoint::Tcp(addr) => format!(
             "{{socket_address: {{address: {}, port_value: {}}}}}",
             yaml_str(&addr.ip().to_string()),
@@ -1088,6 +1104,10 @@ fn sds_cluster_yaml(endpoint: &SdsEndpoint, tls: Option<&SdsTls>) -> String {
             format!("{{pipe: {{path: {}}}}}", yaml_str(&path.to_string_lossy()))
         }
     };
+    let endpoints: Vec<String> = endpoints
+        .into_iter()
+        .map(|e| format!("{{endpoint: {{address: {}}}}}", address(e)))
+        .collect();
     format!(
         "  - name: sds\n\
          \x20   type: STATIC\n\
@@ -1098,8 +1118,9 @@ fn sds_cluster_yaml(endpoint: &SdsEndpoint, tls: Option<&SdsTls>) -> String {
          \x20       explicit_http_config: {{http2_protocol_options: {{}}}}\n\
          \x20   load_assignment:\n\
          \x20     cluster_name: sds\n\
-         \x20     endpoints: [{{lb_endpoints: [{{endpoint: {{address: {address}}}}}]}}]\n\
+         \x20     endpoints: [{{lb_endpoints: [{endpoints}]}}]\n\
          {tls}",
+        endpoints = endpoints.join(", "),
         tls = tls.map(SdsTls::yaml).unwrap_or_default(),
     )
 }

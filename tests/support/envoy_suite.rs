@@ -17,17 +17,13 @@ use std::{
 };
 
 use super::VIA;
-use sds::{
-    core::Reader,
-    fs::DirSource,
-    server::{Limits, SdsService, connections, policy},
-};
+use crate::support::sds::serve as serve_sds;
+use sds::{core::Reader, fs::DirSource};
 use sds_source_xds::{Api, XdsSource};
 use sds_test_util::{
     certs::{Ca, KeyKind, Leaf, Validity},
     envoy::{CurlResult, Envoy, FilterChain, SdsApi, SdsBootstrap, SdsEndpoint, curl_https},
 };
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 
 const HTTPBIN: &str = "httpbin.example.com";
 const HELLO: &str = "helloworld-v1.example.com";
@@ -172,7 +168,9 @@ fn serve(dir: &Path, endpoint: &SdsEndpoint) -> (tokio::runtime::Runtime, Reader
         tokio::spawn(driver);
         reader.ready().await.expect("first scan");
         match VIA {
-            Via::Direct => serve_sds(reader.clone(), endpoint).await,
+            Via::Direct => {
+                serve_sds(reader.clone(), endpoint).await;
+            }
             Via::Relay => {
                 let upstream = dir.with_file_name("upstream.sock");
                 serve_sds(reader.clone(), &SdsEndpoint::Unix(upstream.clone())).await;
@@ -196,37 +194,6 @@ fn serve(dir: &Path, endpoint: &SdsEndpoint) -> (tokio::runtime::Runtime, Reader
         reader
     });
     (rt, reader)
-}
-
-/// Serves `reader` over SDS on `endpoint`, as the examples do.
-async fn serve_sds(reader: Reader, endpoint: &SdsEndpoint) {
-    // The recommended HTTP/2 stream limit, guarded connections. Over a Unix socket, the
-    // default policy: Envoy (or the relay) runs as the same user as the server. Over TCP (no
-    // identity without TLS), any peer.
-    let sds = match endpoint {
-        SdsEndpoint::Tcp(_) => SdsService::builder(reader)
-            .policy(policy::AllowAnyPeer)
-            .build(),
-        _ => SdsService::new(reader),
-    };
-    let router = tonic::transport::Server::builder()
-        .max_concurrent_streams(Limits::MAX_CONCURRENT_STREAMS)
-        .add_service(sds.into_server());
-    let guard = connections::ConnectionLimits::default();
-    match endpoint {
-        SdsEndpoint::Tcp(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
-            let incoming = connections::guard(TcpListenerStream::new(listener), guard);
-            tokio::spawn(router.serve_with_incoming(incoming));
-        }
-        SdsEndpoint::Unix(path) => {
-            let _ = fs::remove_file(path);
-            let listener = tokio::net::UnixListener::bind(path).expect("bind");
-            let incoming = connections::guard(UnixListenerStream::new(listener), guard);
-            tokio::spawn(router.serve_with_incoming(incoming));
-        }
-        other => panic!("unsupported endpoint {other:?}"),
-    }
 }
 
 fn write_atomically(path: &Path, content: &str) {
