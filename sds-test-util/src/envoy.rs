@@ -891,6 +891,7 @@ pub struct SdsBootstrap {
     initial_fetch_timeout: Option<Duration>,
     chains: Vec<FilterChain>,
     sds_tls: Option<SdsTls>,
+    max_requests: Option<u32>,
 }
 
 impl SdsBootstrap {
@@ -909,6 +910,7 @@ impl SdsBootstrap {
             initial_fetch_timeout: None,
             chains: Vec::new(),
             sds_tls: None,
+            max_requests: None,
         }
     }
 
@@ -949,6 +951,15 @@ impl SdsBootstrap {
     /// the replicas and a stream cut by one reconnects to the next endpoint.
     pub fn replica(mut self, endpoint: SdsEndpoint) -> Self {
         self.replicas.push(endpoint);
+        self
+    }
+
+    /// Raises the cluster `sds`'s circuit breaker on concurrent requests (and pending ones)
+    /// to `max`. Each SDS stream is a request: with Envoy's default of 1,024, a listener
+    /// naming more secrets than that has the streams beyond it refused by Envoy itself
+    /// (`upstream_rq_pending_overflow`), retried while the others stay open, and never warmed.
+    pub fn max_requests(mut self, max: u32) -> Self {
+        self.max_requests = Some(max);
         self
     }
 
@@ -1051,7 +1062,8 @@ impl SdsBootstrap {
             listener = yaml_str(&self.listener_name),
             cluster_yaml = sds_cluster_yaml(
                 std::iter::once(&self.endpoint).chain(&self.replicas),
-                self.sds_tls.as_ref()
+                self.sds_tls.as_ref(),
+                self.max_requests,
             ),
         )
     }
@@ -1093,6 +1105,7 @@ fn stat_safe(s: &str) -> String {
 fn sds_cluster_yaml<'a>(
     endpoints: impl IntoIterator<Item = &'a SdsEndpoint>,
     tls: Option<&SdsTls>,
+    max_requests: Option<u32>,
 ) -> String {
     let address = |endpoint: &SdsEndpoint| match endpoint {
         SdsEndpoint::Tcp(addr) => format!(
@@ -1119,8 +1132,18 @@ fn sds_cluster_yaml<'a>(
          \x20   load_assignment:\n\
          \x20     cluster_name: sds\n\
          \x20     endpoints: [{{lb_endpoints: [{endpoints}]}}]\n\
+         {breakers}\
          {tls}",
         endpoints = endpoints.join(", "),
+        breakers = max_requests
+            .map(|max| {
+                format!(
+                    "    circuit_breakers:\n\
+                     \x20     thresholds: [{{priority: DEFAULT, max_requests: {max}, \
+                     max_pending_requests: {max}}}]\n"
+                )
+            })
+            .unwrap_or_default(),
         tls = tls.map(SdsTls::yaml).unwrap_or_default(),
     )
 }
