@@ -7,15 +7,32 @@
 //! # the relay in front of it, for Envoy on loopback TCP
 //! cargo run --release --example relay -- --upstream unix:/run/sds-upstream.sock \
 //!     --name httpbin --listen 127.0.0.1:15012
+//! # or an upstream served over mutual TLS (serve-dir --tls-cert/--tls-key/--client-ca)
+//! cargo run --release --example relay -- --upstream https://sds.example:15012 \
+//!     --upstream-ca /etc/relay/upstream-ca.crt \
+//!     --upstream-cert /etc/relay/tls.crt --upstream-key /etc/relay/tls.key \
+//!     --name httpbin --listen unix:/run/sds.sock
 //! ```
 //!
 //! The relay subscribes upstream (`sds_source_xds::XdsSource`) to every `--name`, validates
 //! what it receives, and serves it under the same names with the transports, `--policy`,
 //! `--admin`, logging and clean shutdown of `serve-dir` (`examples/serving/`). It starts
 //! serving once the upstream sent its first response. When the upstream goes away, the relay
-//! keeps serving the last good secrets and reconnects with backoff; a secret the upstream
-//! sends that does not validate is NACKed upstream and the last good version stays served.
-//! The relay identifies itself upstream as the node `sds-relay` (cluster `sds-relay`).
+//! keeps serving the last good secrets and reconnects with backoff (`--upstream-backoff`,
+//! 500ms..30s by default, as Envoy); a secret the upstream sends that does not validate is
+//! NACKed upstream and the last good version stays served. The relay identifies itself
+//! upstream as the node `sds-relay` (cluster `sds-relay`).
+//!
+//! The upstream is `unix:/path`, `http://HOST:PORT` (clear text) or `https://HOST:PORT`. Over
+//! `https`, `--upstream-ca` (required) is the CA bundle that verifies the upstream's
+//! certificate, which must be valid for HOST (a DNS name, or an IP address SAN for an
+//! address); `--upstream-cert` and `--upstream-key` (together, optional) are the client
+//! certificate presented for mutual TLS. These files are read, validated and watched as
+//! credentials are (`sds_source_fs::FileSource`), and followed by `sds_rustls`'
+//! `ServerVerifier` and `ClientCert`: when they change, the next connection to the upstream
+//! (the next reconnection) uses the new ones, while an open connection keeps its handshake; a
+//! bad file keeps the last good one (WARN). Files unusable at start, and flags that do not go
+//! together, are one `error:` line and exit status 2.
 
 mod serving;
 
@@ -23,7 +40,6 @@ use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 use sds::core::Publish;
-use sds_source_xds::{Api, XdsSource};
 use serving::{ChannelArgs, OperatorArgs};
 
 /// The node id and cluster the relay sends upstream.
@@ -33,18 +49,13 @@ const NODE: &str = "sds-relay";
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// The upstream SDS server: `unix:/path/to/socket` or `http://HOST:PORT` (clear text).
-    #[arg(long, value_name = "unix:/path | http://HOST:PORT")]
-    upstream: Upstream,
+    #[command(flatten)]
+    upstream: upstream::UpstreamArgs,
 
     /// A secret name to relay: subscribed to upstream and served under the same name.
     /// Repeat for several.
     #[arg(long = "name", value_name = "NAME", required = true)]
     names: Vec<String>,
-
-    /// The xDS variant spoken upstream.
-    #[arg(long, value_enum, default_value_t = UpstreamApi::Sotw)]
-    upstream_api: UpstreamApi,
 
     #[command(flatten)]
     channel: ChannelArgs,
@@ -56,39 +67,6 @@ struct Args {
     /// `sds_server::policy::RulesFile`), reloaded when it changes, as for `serve-dir`.
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
-}
-
-/// Where the upstream listens.
-#[derive(Clone, Debug)]
-enum Upstream {
-    Unix(PathBuf),
-    Tcp(String),
-}
-
-impl std::str::FromStr for Upstream {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.strip_prefix("unix:") {
-            Some(path) if !path.is_empty() => Ok(Upstream::Unix(PathBuf::from(path))),
-            Some(_) => Err("`unix:` needs a path, e.g. unix:/run/sds.sock".to_owned()),
-            None if s.starts_with("http://") => Ok(Upstream::Tcp(s.to_owned())),
-            None if s.starts_with("https://") => Err(
-                "https is not supported by this example: use unix:/path or http://HOST:PORT"
-                    .to_owned(),
-            ),
-            None => Err("expected unix:/path or http://HOST:PORT".to_owned()),
-        }
-    }
-}
-
-impl std::fmt::Display for Upstream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Upstream::Unix(path) => write!(f, "unix:{}", path.display()),
-            Upstream::Tcp(uri) => f.write_str(uri),
-        }
-    }
 }
 
 /// `--upstream-api`.
@@ -104,25 +82,20 @@ enum UpstreamApi {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     serving::init_tracing();
     let args = Args::parse();
+    // Every flag is checked before anything is read or bound.
     let transport = serving::transport(&args.channel);
-
-    let source = match &args.upstream {
-        Upstream::Unix(path) => Ok(XdsSource::unix(path)),
-        Upstream::Tcp(uri) => XdsSource::tcp(uri),
-    };
-    let api = match args.upstream_api {
-        UpstreamApi::Sotw => Api::Sotw,
-        UpstreamApi::Delta => Api::Delta,
-    };
-    let source = match source.and_then(|s| s.names(&args.names)) {
-        Ok(source) => source.node(NODE, NODE).api(api),
-        Err(error) => serving::fail(&serving::describe(&error)),
-    };
+    let plan = args
+        .upstream
+        .plan()
+        .unwrap_or_else(|problem| serving::fail(&problem));
 
     let policy = match &args.policy {
         Some(path) => Some(serving::rules(path).await),
         None => None,
     };
+    let source = upstream::source(&plan, &args.names)
+        .await
+        .unwrap_or_else(|problem| serving::fail(&problem));
     let channel = serving::Channel::open(transport, policy).await;
 
     let (reader, driver) = Publish::new(source)
@@ -130,11 +103,400 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .start();
     let driver = tokio::spawn(driver);
     tracing::info!(
-        upstream = %args.upstream,
+        upstream = %plan.endpoint,
+        tls = plan.tls_mode(),
         names = %args.names.join(", "),
         "waiting for the upstream's first response"
     );
     let served = serving::serve(reader, channel, &args.operator).await;
     driver.abort();
     served
+}
+
+mod upstream {
+    //! The upstream flags (`--upstream`, its TLS files, `--upstream-api`, `--upstream-backoff`),
+    //! checked together into a [`Plan`], and the `XdsSource` a plan makes.
+
+    use std::{path::PathBuf, sync::Arc, time::Duration};
+
+    use sds::{
+        core::{SecretName, publish},
+        fs::FileSource,
+    };
+    use sds_rustls::{ClientCert, ServerVerifier, rustls};
+    use sds_source_xds::{Api, Backoff, XdsSource};
+
+    use super::{NODE, UpstreamApi, serving};
+
+    /// The names of the TLS files' secrets in their own reader (they appear in its messages).
+    const CA: &str = "upstream-ca";
+    const CERTIFICATE: &str = "upstream-cert";
+
+    /// How to reach the upstream SDS server.
+    #[derive(clap::Args, Debug)]
+    pub(super) struct UpstreamArgs {
+        /// The upstream SDS server: `unix:/path/to/socket`, `http://HOST:PORT` (clear text) or
+        /// `https://HOST:PORT` (TLS: needs --upstream-ca).
+        #[arg(long, value_name = "unix:/path | http://HOST:PORT | https://HOST:PORT")]
+        upstream: Endpoint,
+
+        /// With an https upstream: the CA certificates (PEM) that verify the upstream server's
+        /// certificate, which must be valid for HOST. Reloaded when the file changes (the next
+        /// connection uses it).
+        #[arg(long, value_name = "FILE")]
+        upstream_ca: Option<PathBuf>,
+
+        /// With an https upstream: the client certificate chain (PEM, leaf first) presented to
+        /// the upstream for mutual TLS. Needs --upstream-key. Reloaded when the file changes.
+        #[arg(long, value_name = "FILE", requires = "upstream_key")]
+        upstream_cert: Option<PathBuf>,
+
+        /// The private key (PEM) of --upstream-cert, reloaded with it.
+        #[arg(long, value_name = "FILE", requires = "upstream_cert")]
+        upstream_key: Option<PathBuf>,
+
+        /// The xDS variant spoken upstream.
+        #[arg(long, value_enum, default_value_t = UpstreamApi::Sotw)]
+        upstream_api: UpstreamApi,
+
+        /// How long to wait before reconnecting to the upstream: INITIAL, doubled after every
+        /// failure up to MAX, with jitter (e.g. 200ms..10s; units ms, s, m, h, d).
+        #[arg(
+            long,
+            value_name = "INITIAL..MAX",
+            default_value = "500ms..30s",
+            value_parser = parse_backoff
+        )]
+        upstream_backoff: Backoff,
+    }
+
+    /// Where the upstream listens.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub(super) enum Endpoint {
+        Unix(PathBuf),
+        Http(String),
+        Https(String),
+    }
+
+    /// The upstream flags, checked: what to connect to, how, and with which TLS files.
+    #[derive(Debug, PartialEq, Eq)]
+    pub(super) struct Plan {
+        pub(super) endpoint: Endpoint,
+        tls: Option<TlsFiles>,
+        api: Api,
+        backoff: Backoff,
+    }
+
+    /// The TLS files of an https upstream.
+    #[derive(Debug, PartialEq, Eq)]
+    struct TlsFiles {
+        ca: PathBuf,
+        /// The client certificate chain and key, for mutual TLS.
+        client: Option<(PathBuf, PathBuf)>,
+    }
+
+    const TLS_FLAGS: &str = "--upstream-ca, --upstream-cert and --upstream-key";
+
+    // === impl UpstreamArgs ===
+
+    impl UpstreamArgs {
+        /// The plan these flags ask for, or why they do not go together (one line).
+        pub(super) fn plan(&self) -> Result<Plan, String> {
+            let client = match (&self.upstream_cert, &self.upstream_key) {
+                (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+                (None, None) => None,
+                // clap's `requires` refuses these first.
+                _ => return Err("--upstream-cert and --upstream-key go together".to_owned()),
+            };
+            let tls = match (&self.upstream, &self.upstream_ca) {
+                (Endpoint::Https(_), Some(ca)) => Some(TlsFiles {
+                    ca: ca.clone(),
+                    client,
+                }),
+                (Endpoint::Https(_), None) => {
+                    return Err("an https:// upstream needs --upstream-ca FILE: the CA \
+                                certificates that verify the upstream server"
+                        .to_owned());
+                }
+                (Endpoint::Unix(_) | Endpoint::Http(_), ca) if ca.is_some() || client.is_some() => {
+                    return Err(format!(
+                        "{TLS_FLAGS} are for an https://HOST:PORT upstream, not {}",
+                        match self.upstream {
+                            Endpoint::Unix(_) => "a Unix socket (unix:/path)",
+                            _ => "clear text (http://)",
+                        }
+                    ));
+                }
+                (Endpoint::Unix(_) | Endpoint::Http(_), _) => None,
+            };
+            Ok(Plan {
+                endpoint: self.upstream.clone(),
+                tls,
+                api: match self.upstream_api {
+                    UpstreamApi::Sotw => Api::Sotw,
+                    UpstreamApi::Delta => Api::Delta,
+                },
+                backoff: self.upstream_backoff,
+            })
+        }
+    }
+
+    /// `INITIAL..MAX`, each a duration as `serving::parse_duration` reads it.
+    pub(super) fn parse_backoff(s: &str) -> Result<Backoff, String> {
+        let (initial, max) = s
+            .split_once("..")
+            .ok_or_else(|| format!("expected INITIAL..MAX (e.g. 500ms..30s), not {s:?}"))?;
+        let (initial, max) = (
+            serving::parse_duration(initial)?,
+            serving::parse_duration(max)?,
+        );
+        if initial < Duration::from_millis(1) {
+            return Err(
+                "INITIAL must be at least 1ms: without a wait, a failing upstream \
+                        is reconnected to in a busy loop"
+                    .to_owned(),
+            );
+        }
+        if max < initial {
+            return Err(format!(
+                "MAX ({max:?}) is shorter than INITIAL ({initial:?})"
+            ));
+        }
+        Ok(Backoff::new(initial, max))
+    }
+
+    // === impl Endpoint ===
+
+    impl std::str::FromStr for Endpoint {
+        type Err = String;
+
+        fn from_str(s: &str) -> Result<Self, String> {
+            match s.strip_prefix("unix:") {
+                Some(path) if !path.is_empty() => Ok(Endpoint::Unix(PathBuf::from(path))),
+                Some(_) => Err("`unix:` needs a path, e.g. unix:/run/sds.sock".to_owned()),
+                None if s.starts_with("http://") => Ok(Endpoint::Http(s.to_owned())),
+                None if s.starts_with("https://") => Ok(Endpoint::Https(s.to_owned())),
+                None => {
+                    Err("expected unix:/path, http://HOST:PORT or https://HOST:PORT".to_owned())
+                }
+            }
+        }
+    }
+
+    impl std::fmt::Display for Endpoint {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            match self {
+                Endpoint::Unix(path) => write!(f, "unix:{}", path.display()),
+                Endpoint::Http(uri) | Endpoint::Https(uri) => f.write_str(uri),
+            }
+        }
+    }
+
+    // === impl Plan ===
+
+    impl Plan {
+        /// For the log: `none`, `server verified` or `mutual`.
+        pub(super) fn tls_mode(&self) -> &'static str {
+            match &self.tls {
+                None => "none",
+                Some(TlsFiles { client: None, .. }) => "server verified",
+                Some(TlsFiles {
+                    client: Some(_), ..
+                }) => "mutual",
+            }
+        }
+    }
+
+    /// The source `plan` describes, subscribed to `names`; for TLS, its files read and
+    /// followed. Why not, in one line: an invalid endpoint or name, TLS files unusable now.
+    pub(super) async fn source(plan: &Plan, names: &[String]) -> Result<XdsSource, String> {
+        let source = match &plan.endpoint {
+            Endpoint::Unix(path) => XdsSource::unix(path),
+            Endpoint::Http(uri) | Endpoint::Https(uri) => {
+                XdsSource::tcp(uri).map_err(|e| serving::describe(&e))?
+            }
+        };
+        let source = source
+            .names(names)
+            .map_err(|e| serving::describe(&e))?
+            .node(NODE, NODE)
+            .api(plan.api)
+            .backoff(plan.backoff);
+        match &plan.tls {
+            Some(files) => Ok(source.tls(follow(files).await?)),
+            None => Ok(source),
+        }
+    }
+
+    /// Reads and watches `files`; a TLS client configuration that verifies the upstream with
+    /// the CA and presents the client certificate (if any), following their files.
+    async fn follow(files: &TlsFiles) -> Result<rustls::ClientConfig, String> {
+        let name = |name| SecretName::new(name).expect("a valid constant name");
+        let (ca, certificate) = (name(CA), name(CERTIFICATE));
+        let mut source = FileSource::new().bundle(ca.clone(), &files.ca);
+        if let Some((cert, key)) = &files.client {
+            source = source.credential(certificate.clone(), cert, key);
+        }
+        let (mut reader, driver) = publish(source);
+        // Runs as long as the relay: a file that changes is read again, and the next
+        // connection uses what it holds once it is valid.
+        tokio::spawn(driver);
+        let snapshot = reader
+            .ready()
+            .await
+            .map_err(|_| "the upstream TLS files' watcher stopped".to_owned())?;
+        let rejected: Vec<String> = snapshot
+            .rejected()
+            .map(|(_, error)| serving::describe(&**error))
+            .collect();
+        if !rejected.is_empty() {
+            return Err(format!(
+                "cannot connect to the upstream over TLS: {}",
+                rejected.join("; ")
+            ));
+        }
+        let unusable = |e: &(dyn std::error::Error + 'static)| {
+            format!(
+                "cannot connect to the upstream over TLS: {}",
+                serving::describe(e)
+            )
+        };
+
+        let (verifier, driver) = ServerVerifier::follow(reader.clone(), ca);
+        tokio::spawn(driver);
+        verifier.refresh().map_err(|e| unusable(&e))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| unusable(&e))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier));
+        let config = match files.client {
+            Some(_) => {
+                let (cert, driver) = ClientCert::follow(reader, certificate);
+                tokio::spawn(driver);
+                cert.refresh().map_err(|e| unusable(&e))?;
+                config.with_client_cert_resolver(Arc::new(cert))
+            }
+            None => config.with_no_client_auth(),
+        };
+        Ok(config)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        //! `cargo test --example relay`
+
+        use clap::Parser as _;
+
+        use super::*;
+
+        #[derive(clap::Parser, Debug)]
+        struct Flags {
+            #[command(flatten)]
+            upstream: UpstreamArgs,
+        }
+
+        /// The plan `args` ask for, or the error: clap's (its kind) or ours.
+        fn plan(args: &[&str]) -> Result<Plan, String> {
+            Flags::try_parse_from(std::iter::once("relay").chain(args.iter().copied()))
+                .map_err(|e| format!("clap: {:?}", e.kind()))?
+                .upstream
+                .plan()
+        }
+
+        #[test]
+        fn tls_flags_go_with_https_only() {
+            let https = ["--upstream", "https://127.0.0.1:15012"];
+            let with =
+                |extra: &[&str]| plan(&https.iter().chain(extra).copied().collect::<Vec<_>>());
+            let mutual = with(&[
+                "--upstream-ca",
+                "ca.crt",
+                "--upstream-cert",
+                "c.crt",
+                "--upstream-key",
+                "c.key",
+            ])
+            .expect("mutual TLS");
+            assert_eq!(mutual.tls_mode(), "mutual");
+            assert_eq!(
+                with(&["--upstream-ca", "ca.crt"])
+                    .expect("server verified")
+                    .tls_mode(),
+                "server verified"
+            );
+            let missing = with(&[]).expect_err("https without a CA");
+            assert!(
+                missing.starts_with("an https:// upstream needs --upstream-ca"),
+                "{missing}"
+            );
+            assert_eq!(
+                with(&["--upstream-ca", "ca.crt", "--upstream-cert", "c.crt"]),
+                Err("clap: MissingRequiredArgument".to_owned())
+            );
+            assert_eq!(
+                with(&["--upstream-ca", "ca.crt", "--upstream-key", "c.key"]),
+                Err("clap: MissingRequiredArgument".to_owned())
+            );
+
+            for (upstream, what) in [
+                ("unix:/run/sds.sock", "a Unix socket"),
+                ("http://127.0.0.1:1", "clear text"),
+            ] {
+                let refused =
+                    plan(&["--upstream", upstream, "--upstream-ca", "ca.crt"]).expect_err(upstream);
+                assert!(refused.starts_with(TLS_FLAGS), "{refused}");
+                assert!(refused.contains(what), "{refused}");
+                let refused = plan(&[
+                    "--upstream",
+                    upstream,
+                    "--upstream-cert",
+                    "c.crt",
+                    "--upstream-key",
+                    "c.key",
+                ])
+                .expect_err(upstream);
+                assert!(refused.starts_with(TLS_FLAGS), "{refused}");
+                assert_eq!(
+                    plan(&["--upstream", upstream]).expect("plain").tls_mode(),
+                    "none"
+                );
+            }
+            assert_eq!(
+                plan(&["--upstream", "ftp://x"]),
+                Err("clap: ValueValidation".to_owned())
+            );
+        }
+
+        #[test]
+        fn backoff_is_initial_dot_dot_max() {
+            let ms = Duration::from_millis;
+            assert_eq!(
+                parse_backoff("200ms..10s"),
+                Ok(Backoff::new(ms(200), ms(10_000)))
+            );
+            assert_eq!(
+                parse_backoff("1s..1s"),
+                Ok(Backoff::new(ms(1000), ms(1000)))
+            );
+            assert_eq!(
+                plan(&["--upstream", "unix:/s"]).expect("default").backoff,
+                Backoff::DEFAULT
+            );
+            for bad in ["", "1s", "1s..", "..1s", "1x..2s", "0..1s", "2s..1s"] {
+                assert!(parse_backoff(bad).is_err(), "{bad}");
+            }
+            assert!(
+                parse_backoff("0ms..1s")
+                    .expect_err("zero")
+                    .contains("at least 1ms")
+            );
+            assert!(
+                parse_backoff("2s..1s")
+                    .expect_err("reversed")
+                    .contains("shorter")
+            );
+        }
+    }
 }

@@ -23,7 +23,7 @@ pub(crate) fn unpack(any: &Any) -> Result<tls::Secret, String> {
     if any.type_url != SECRET_TYPE_URL {
         return Err(format!(
             "resource type `{}` is not `{SECRET_TYPE_URL}`",
-            any.type_url.escape_default().take(256).collect::<String>()
+            sds_core::Untrusted::new(&any.type_url, 128)
         ));
     }
     tls::Secret::decode(any.value.clone()).map_err(|e| format!("cannot decode the Secret: {e}"))

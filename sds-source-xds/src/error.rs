@@ -1,5 +1,7 @@
 //! The one error type of `sds-source-xds`.
 
+use sds_core::SecretName;
+
 /// What went wrong talking to the upstream SDS server. Every variant names the endpoint.
 ///
 /// Rejected secrets are not errors of this type: they are `sds_core::Error`s, NACKed upstream
@@ -38,10 +40,13 @@ pub enum Error {
 
     /// The stream could not be opened: the connection, the TLS handshake or the gRPC call
     /// failed.
-    #[error("cannot open an SDS stream to `{endpoint}`")]
+    #[error("cannot open the SDS stream{} to `{endpoint}`", of(.secret.as_ref()))]
     Connect {
         /// The endpoint.
         endpoint: String,
+        /// The secret of the stream, for a stream of one name (a stream per name,
+        /// [`Streams::PerName`](crate::Streams::PerName)); `None` for a stream of several.
+        secret: Option<SecretName>,
         /// Why (tonic's status, with the transport error as its source).
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
@@ -49,21 +54,49 @@ pub enum Error {
 
     /// An open stream failed: a transport error, a gRPC status from the server, or a message
     /// that could not be decoded (or is larger than the limit).
-    #[error("the SDS stream to `{endpoint}` failed")]
+    #[error("the SDS stream{} to `{endpoint}` failed", of(.secret.as_ref()))]
     Stream {
         /// The endpoint.
         endpoint: String,
+        /// The secret of the stream, for a stream of one name; `None` for a stream of several.
+        secret: Option<SecretName>,
         /// Why (tonic's status).
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 
     /// The server ended the stream.
-    #[error("SDS endpoint `{endpoint}` closed the stream")]
+    #[error("SDS endpoint `{endpoint}` closed the stream{}", of(.secret.as_ref()))]
     Closed {
         /// The endpoint.
         endpoint: String,
+        /// The secret of the stream, for a stream of one name; `None` for a stream of several.
+        secret: Option<SecretName>,
     },
+
+    /// The server sent a response whose nonce is longer than the source accepts (1 KiB). It
+    /// cannot be answered, not even NACKed (a NACK echoes the nonce), so the stream is closed
+    /// and reopened with backoff.
+    #[error(
+        "SDS endpoint `{endpoint}` sent a nonce of {len} bytes on the stream{}, more than the \
+         {max} accepted; closing the stream",
+        of(.secret.as_ref())
+    )]
+    NonceTooLong {
+        /// The endpoint.
+        endpoint: String,
+        /// The secret of the stream, for a stream of one name; `None` for a stream of several.
+        secret: Option<SecretName>,
+        /// The nonce's length, in bytes.
+        len: usize,
+        /// The longest nonce accepted, in bytes.
+        max: usize,
+    },
+}
+
+/// ` of secret `NAME``, or nothing: which stream an error is about.
+fn of(secret: Option<&SecretName>) -> String {
+    secret.map_or_else(String::new, |name| format!(" of secret `{name}`"))
 }
 
 // === impl Error ===
@@ -74,7 +107,10 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Error::Connect { .. } | Error::Stream { .. } | Error::Closed { .. }
+            Error::Connect { .. }
+                | Error::Stream { .. }
+                | Error::Closed { .. }
+                | Error::NonceTooLong { .. }
         )
     }
 }

@@ -61,15 +61,31 @@
 //!   [`Update::reject`](sds_core::Update::reject): the last good version stays served, a name
 //!   never valid is not served. A secret named other than requested is NACKed and dropped.
 //! - What a server sends is bounded: responses are at most
-//!   [`XdsSource::max_message_size`] (4 MiB by default); a response with more resources (or,
-//!   in delta, removals) than names requested is NACKed unread; a wrong `type_url` is NACKed.
+//!   [`XdsSource::max_message_size`] (4 MiB by default; a larger one fails the stream, which
+//!   is reopened with backoff); a response with more resources (or, in delta, removals) than
+//!   names requested is NACKed unread; a wrong `type_url` is NACKed.
+//! - What a server sends and the source keeps or echoes is bounded too: a `version_info`
+//!   (state of the world) or resource `version` (delta) longer than 1 KiB (1,024 bytes)
+//!   refuses the response (NACK, the last accepted version kept), and a nonce longer than
+//!   1 KiB cannot even be NACKed (a NACK echoes it): the stream is closed
+//!   ([`Error::NonceTooLong`]) and reopened with backoff. Envoy bounds these strings only by
+//!   the message size; real servers send tens of bytes (`sds-server`: a 32-hex-digit digest
+//!   and a decimal counter; others: timestamps, UUIDs, counters). Names are never kept as received: a secret is held under the requested name
+//!   it matches, and names shown in a NACK or a log line are escaped and cut after 128
+//!   characters.
+//! - A refused response (a wrong `type_url`, too many resources, a version too long, a secret
+//!   not requested or not decodable) is logged at WARN with the problem, the upstream's text
+//!   in it escaped and cut short; once per kind of problem until a response is accepted, so
+//!   an upstream that sends the same bad response in a loop adds one line (the others are at
+//!   DEBUG). A rejected secret is logged by the publisher, once per problem.
 //!
 //! # Updates and errors
 //!
 //! Every update is complete: every secret held by every stream; a name never received is
 //! absent. A connection failure is an ambient [`Error`] item: the publisher logs it and keeps
-//! serving the last good snapshot, and the stream goes on, reconnecting. The publisher's
-//! `ready()` completes with the first response of any stream.
+//! serving the last good snapshot, and the stream goes on, reconnecting. The error names the
+//! endpoint and, for a stream of one name (a stream per name, the default), the secret. The
+//! publisher's `ready()` completes with the first response of any stream.
 //!
 //! # Tasks
 //!
@@ -94,7 +110,9 @@
 //! change its subscriptions while running, follow `filename` data sources, resolve DNS other
 //! than through tokio, or verify anything about the upstream beyond TLS: whatever it receives
 //! is trusted as much as the server that sent it. Secrets received are parsed on the task that
-//! polls the stream (the other sources use the blocking pool for large sets).
+//! polls the stream (the other sources use the blocking pool for large sets): a response holds
+//! at most as many secrets as names requested and at most 4 MiB by default, and the protocol
+//! is a synchronous state machine (sans IO), which the blocking pool would make asynchronous.
 
 mod backoff;
 mod connect;

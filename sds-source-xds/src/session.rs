@@ -6,7 +6,7 @@ use std::{
     sync::Arc,
 };
 
-use sds_core::{Secret, SecretName, UnixTime};
+use sds_core::{Secret, SecretName, UnixTime, Untrusted};
 use sds_proto::{
     SECRET_TYPE_URL,
     envoy::{
@@ -25,6 +25,18 @@ const NACK_CODE: i32 = 13;
 
 /// Most bytes of a NACK's message (the reasons of at most as many secrets as requested).
 const MAX_NACK_LEN: usize = 16 * 1024;
+
+/// Longest `version_info` (state of the world) or resource `version` (delta) accepted, in
+/// bytes: it is kept and echoed on every request. A longer one refuses the response (NACK).
+pub(crate) const MAX_VERSION_LEN: usize = 1024;
+
+/// Longest nonce accepted, in bytes: it is echoed in the answer. A response with a longer one
+/// cannot be answered (not even NACKed: the NACK would have to echo it), so the stream is
+/// closed and reopened with backoff.
+pub(crate) const MAX_NONCE_LEN: usize = 1024;
+
+/// Most characters of upstream text (a name, a type URL) shown in a NACK or a log line.
+const SHOWN_LEN: usize = 128;
 
 /// What a stream holds for one name.
 #[derive(Clone, Debug)]
@@ -49,8 +61,13 @@ pub(crate) trait Session: Send + 'static {
     /// The first request of a (re)opened stream: the node, the names, what is held.
     fn first(&mut self) -> Self::Request;
 
-    /// Processes a response at `now`: the ACK or NACK to send back.
-    fn on_response(&mut self, response: Self::Response, now: UnixTime) -> Self::Request;
+    /// Processes a response at `now`: the ACK or NACK to send back, or why the response
+    /// cannot be answered at all (the stream is then closed and reopened).
+    fn on_response(
+        &mut self,
+        response: Self::Response,
+        now: UnixTime,
+    ) -> Result<Self::Request, NonceTooLong>;
 
     /// What the session holds now.
     fn held(&self) -> &HeldMap;
@@ -65,19 +82,72 @@ pub(crate) struct Subscription {
     pub(crate) origin: Arc<str>,
 }
 
-/// The outcome of processing the resources of one response.
+/// A response whose nonce is longer than [`MAX_NONCE_LEN`]: it cannot be answered.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct NonceTooLong {
+    /// The nonce's length, in bytes.
+    pub(crate) len: usize,
+}
+
+/// Refuses `nonce` if it is too long to echo.
+fn check_nonce(nonce: &str) -> Result<(), NonceTooLong> {
+    if nonce.len() > MAX_NONCE_LEN {
+        return Err(NonceTooLong { len: nonce.len() });
+    }
+    Ok(())
+}
+
+/// A problem that no held secret carries to the publisher: a response refused whole, or a
+/// resource that is not a requested secret. NACKed, and logged by the session (see
+/// [`Reported`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Refusal {
+    /// The response's `type_url` is not the Secret type.
+    TypeUrl,
+    /// More resources, or removals, than names requested.
+    TooMany,
+    /// A `version_info` or resource `version` longer than [`MAX_VERSION_LEN`].
+    TooLong,
+    /// A secret that was not requested.
+    NotRequested,
+    /// A resource that is not a decodable Secret, or is named other than the Secret it holds.
+    Malformed,
+}
+
+/// The outcome of processing one response.
 #[derive(Default)]
 struct Review {
-    /// Why the response, or some of its resources, were rejected.
+    /// Why the response, or some of its resources, were refused, in order: the NACK.
     problems: Vec<String>,
+    /// Which of `problems` (by index) the session logs itself: those of no held secret.
+    refusals: Vec<(Refusal, usize)>,
 }
 
 impl Review {
-    fn problem(&mut self, problem: String) {
+    /// A secret was rejected: it is held as rejected, and the publisher logs it.
+    fn reject(&mut self, problem: String) {
         self.problems.push(problem);
     }
 
-    fn error_detail(self) -> Option<Status> {
+    /// The response, or a resource that is no requested secret, was refused.
+    fn refuse(&mut self, kind: Refusal, problem: String) {
+        self.refusals.push((kind, self.problems.len()));
+        self.problems.push(problem);
+    }
+
+    /// Whether the whole response was accepted (ACKed).
+    fn accepted(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    /// The refusals: kind and text.
+    fn refusals(&self) -> impl Iterator<Item = (Refusal, &str)> {
+        self.refusals
+            .iter()
+            .filter_map(|&(kind, at)| Some((kind, self.problems.get(at)?.as_str())))
+    }
+
+    fn error_detail(&self) -> Option<Status> {
         if self.problems.is_empty() {
             return None;
         }
@@ -97,7 +167,56 @@ impl Review {
     }
 }
 
+/// The kinds of [`Refusal`] logged at WARN since the last accepted response.
+///
+/// A rejected secret is logged by the publisher, once per problem; a refused response is
+/// logged here, once per kind of problem: an upstream that sends the same bad response in a
+/// loop adds one line, not one per response (later ones are logged at DEBUG). Once a response
+/// is accepted, every kind is logged again the next time it occurs. At most one entry per
+/// kind: the memory is bounded whatever the upstream sends.
+#[derive(Debug, Default)]
+struct Reported {
+    kinds: BTreeSet<Refusal>,
+}
+
+impl Reported {
+    /// Logs `review`'s refusals of a kind not logged since the last accepted response.
+    fn log(&mut self, subscription: &Subscription, review: &Review) {
+        if review.accepted() {
+            self.kinds.clear();
+            return;
+        }
+        let secret = subscription.single().map(SecretName::as_str);
+        for (kind, problem) in review.refusals() {
+            if self.kinds.insert(kind) {
+                tracing::warn!(
+                    origin = %subscription.origin,
+                    secret,
+                    problem = %problem,
+                    "refused a response from the upstream SDS server (NACKed); this kind of \
+                     problem is not logged again until a response is accepted"
+                );
+            } else {
+                tracing::debug!(
+                    origin = %subscription.origin,
+                    secret,
+                    problem = %problem,
+                    "refused a response from the upstream SDS server (NACKed)"
+                );
+            }
+        }
+    }
+}
+
 impl Subscription {
+    /// The one name of a stream of one name (a stream per name, as Envoy): named in its logs.
+    pub(crate) fn single(&self) -> Option<&SecretName> {
+        match self.names.len() {
+            1 => self.names.first(),
+            _ => None,
+        }
+    }
+
     /// Validates one received secret, named `name`, into `held`; records a problem if it is
     /// rejected. Returns whether it was accepted.
     fn take(
@@ -117,7 +236,7 @@ impl Subscription {
                 let described = convert::describe(&error);
                 // The publisher logs each new rejection at WARN, with this reason: once.
                 tracing::debug!(origin = %self.origin, secret = %name, error = %described, "rejected a secret from the upstream SDS server");
-                review.problem(described);
+                review.reject(described);
                 held.insert(name, Held::Rejected(error));
                 false
             }
@@ -135,9 +254,14 @@ fn too_many(count: usize, limit: usize) -> String {
     format!("the response holds {count} resources, more than the {limit} names requested")
 }
 
-/// A name shown in a NACK: escaped and cut short (it is the server's, not ours).
-fn shown(name: &str) -> String {
-    name.escape_default().take(128).collect()
+/// Upstream text (a name, a type URL) shown in a NACK or a log line: escaped and cut short.
+fn shown(text: &str) -> Untrusted<'_> {
+    Untrusted::new(text, SHOWN_LEN)
+}
+
+/// A `version_info` or resource `version` too long to keep.
+fn too_long(what: &str, len: usize) -> String {
+    format!("{what} is {len} bytes long, more than the {MAX_VERSION_LEN} accepted")
 }
 
 // === Sotw ===
@@ -149,6 +273,7 @@ pub(crate) struct Sotw {
     /// The `version_info` of the last accepted response; empty before the first.
     accepted: String,
     held: HeldMap,
+    reported: Reported,
 }
 
 impl Sotw {
@@ -157,7 +282,50 @@ impl Sotw {
             subscription,
             accepted: String::new(),
             held: HeldMap::new(),
+            reported: Reported::default(),
         }
+    }
+
+    /// Reviews `response`'s resources into `held` (or refuses the response whole).
+    fn review(&mut self, response: &DiscoveryResponse, now: UnixTime) -> Review {
+        let mut review = Review::default();
+        let limit = self.subscription.names.len();
+        if response.type_url != SECRET_TYPE_URL {
+            review.refuse(
+                Refusal::TypeUrl,
+                format!(
+                    "response type `{}` is not `{SECRET_TYPE_URL}`",
+                    shown(&response.type_url)
+                ),
+            );
+        } else if response.version_info.len() > MAX_VERSION_LEN {
+            review.refuse(
+                Refusal::TooLong,
+                too_long("the response's version_info", response.version_info.len()),
+            );
+        } else if response.resources.len() > limit {
+            review.refuse(Refusal::TooMany, too_many(response.resources.len(), limit));
+        } else {
+            for any in &response.resources {
+                let secret = match convert::unpack(any) {
+                    Ok(secret) => secret,
+                    Err(problem) => {
+                        review.refuse(Refusal::Malformed, problem);
+                        continue;
+                    }
+                };
+                let Some(name) = self.subscription.requested(&secret.name) else {
+                    review.refuse(
+                        Refusal::NotRequested,
+                        format!("secret `{}` was not requested", shown(&secret.name)),
+                    );
+                    continue;
+                };
+                self.subscription
+                    .take(name, secret, now, &mut self.held, &mut review);
+            }
+        }
+        review
     }
 }
 
@@ -181,41 +349,18 @@ impl Session for Sotw {
         }
     }
 
-    fn on_response(&mut self, response: DiscoveryResponse, now: UnixTime) -> DiscoveryRequest {
-        let mut review = Review::default();
-        let limit = self.subscription.names.len();
-        if response.type_url != SECRET_TYPE_URL {
-            review.problem(format!(
-                "response type `{}` is not `{SECRET_TYPE_URL}`",
-                shown(&response.type_url)
-            ));
-        } else if response.resources.len() > limit {
-            review.problem(too_many(response.resources.len(), limit));
-        } else {
-            for any in &response.resources {
-                let secret = match convert::unpack(any) {
-                    Ok(secret) => secret,
-                    Err(problem) => {
-                        review.problem(problem);
-                        continue;
-                    }
-                };
-                let Some(name) = self.subscription.requested(&secret.name) else {
-                    review.problem(format!(
-                        "secret `{}` was not requested",
-                        shown(&secret.name)
-                    ));
-                    continue;
-                };
-                self.subscription
-                    .take(name, secret, now, &mut self.held, &mut review);
-            }
-        }
-        let error_detail = review.error_detail();
-        if error_detail.is_none() {
+    fn on_response(
+        &mut self,
+        response: DiscoveryResponse,
+        now: UnixTime,
+    ) -> Result<DiscoveryRequest, NonceTooLong> {
+        check_nonce(&response.nonce)?;
+        let review = self.review(&response, now);
+        self.reported.log(&self.subscription, &review);
+        if review.accepted() {
             self.accepted = response.version_info;
         }
-        DiscoveryRequest {
+        Ok(DiscoveryRequest {
             version_info: self.accepted.clone(),
             node: None,
             resource_names: self
@@ -226,8 +371,8 @@ impl Session for Sotw {
                 .collect(),
             type_url: SECRET_TYPE_URL.to_owned(),
             response_nonce: response.nonce,
-            error_detail,
-        }
+            error_detail: review.error_detail(),
+        })
     }
 
     fn held(&self) -> &HeldMap {
@@ -245,6 +390,7 @@ pub(crate) struct Delta {
     /// reconnect.
     versions: BTreeMap<SecretName, String>,
     held: HeldMap,
+    reported: Reported,
 }
 
 impl Delta {
@@ -253,7 +399,95 @@ impl Delta {
             subscription,
             versions: BTreeMap::new(),
             held: HeldMap::new(),
+            reported: Reported::default(),
         }
+    }
+
+    /// Reviews `response`'s removals and resources into `held` and `versions` (or refuses
+    /// the response whole).
+    fn review(&mut self, response: DeltaDiscoveryResponse, now: UnixTime) -> Review {
+        let mut review = Review::default();
+        let limit = self.subscription.names.len();
+        if response.type_url != SECRET_TYPE_URL {
+            review.refuse(
+                Refusal::TypeUrl,
+                format!(
+                    "response type `{}` is not `{SECRET_TYPE_URL}`",
+                    shown(&response.type_url)
+                ),
+            );
+        } else if response.resources.len() > limit {
+            review.refuse(Refusal::TooMany, too_many(response.resources.len(), limit));
+        } else if response.removed_resources.len() > limit {
+            review.refuse(
+                Refusal::TooMany,
+                format!(
+                    "the response removes {} resources, more than the {limit} names requested",
+                    response.removed_resources.len()
+                ),
+            );
+        } else if let Some(resource) = response
+            .resources
+            .iter()
+            .find(|r| r.version.len() > MAX_VERSION_LEN)
+        {
+            review.refuse(
+                Refusal::TooLong,
+                too_long(
+                    &format!("the version of resource `{}`", shown(&resource.name)),
+                    resource.version.len(),
+                ),
+            );
+        } else {
+            for removed in &response.removed_resources {
+                // Names never requested are ignored: there is nothing to remove.
+                if let Some(name) = self.subscription.requested(removed) {
+                    self.held.remove(&name);
+                    self.versions.remove(&name);
+                }
+            }
+            for resource in response.resources {
+                let Some(name) = self.subscription.requested(&resource.name) else {
+                    review.refuse(
+                        Refusal::NotRequested,
+                        format!("secret `{}` was not requested", shown(&resource.name)),
+                    );
+                    continue;
+                };
+                let secret = match resource.resource.as_ref().map(convert::unpack) {
+                    Some(Ok(secret)) => secret,
+                    Some(Err(problem)) => {
+                        review.refuse(Refusal::Malformed, format!("secret `{name}`: {problem}"));
+                        continue;
+                    }
+                    None => {
+                        review.refuse(
+                            Refusal::Malformed,
+                            format!("secret `{name}` has no resource"),
+                        );
+                        continue;
+                    }
+                };
+                if secret.name != resource.name {
+                    review.refuse(
+                        Refusal::Malformed,
+                        format!(
+                            "resource `{name}` holds a Secret named `{}`",
+                            shown(&secret.name)
+                        ),
+                    );
+                    continue;
+                }
+                // A rejected version is not held: `versions` keeps the last accepted one.
+                if self
+                    .subscription
+                    .take(name.clone(), secret, now, &mut self.held, &mut review)
+                {
+                    self.versions.insert(name, resource.version);
+                }
+            }
+        }
+        review
     }
 }
 
@@ -284,75 +518,22 @@ impl Session for Delta {
 
     fn on_response(
         &mut self,
-        response: DeltaDiscoveryResponse,
+        mut response: DeltaDiscoveryResponse,
         now: UnixTime,
-    ) -> DeltaDiscoveryRequest {
-        let mut review = Review::default();
-        let limit = self.subscription.names.len();
-        if response.type_url != SECRET_TYPE_URL {
-            review.problem(format!(
-                "response type `{}` is not `{SECRET_TYPE_URL}`",
-                shown(&response.type_url)
-            ));
-        } else if response.resources.len() > limit {
-            review.problem(too_many(response.resources.len(), limit));
-        } else if response.removed_resources.len() > limit {
-            review.problem(format!(
-                "the response removes {} resources, more than the {limit} names requested",
-                response.removed_resources.len()
-            ));
-        } else {
-            for removed in &response.removed_resources {
-                // Names never requested are ignored: there is nothing to remove.
-                if let Some(name) = self.subscription.requested(removed) {
-                    self.held.remove(&name);
-                    self.versions.remove(&name);
-                }
-            }
-            for resource in response.resources {
-                let Some(name) = self.subscription.requested(&resource.name) else {
-                    review.problem(format!(
-                        "secret `{}` was not requested",
-                        shown(&resource.name)
-                    ));
-                    continue;
-                };
-                let secret = match resource.resource.as_ref().map(convert::unpack) {
-                    Some(Ok(secret)) => secret,
-                    Some(Err(problem)) => {
-                        review.problem(format!("secret `{name}`: {problem}"));
-                        continue;
-                    }
-                    None => {
-                        review.problem(format!("secret `{name}` has no resource"));
-                        continue;
-                    }
-                };
-                if secret.name != resource.name {
-                    review.problem(format!(
-                        "resource `{name}` holds a Secret named `{}`",
-                        shown(&secret.name)
-                    ));
-                    continue;
-                }
-                // A rejected version is not held: `versions` keeps the last accepted one.
-                if self
-                    .subscription
-                    .take(name.clone(), secret, now, &mut self.held, &mut review)
-                {
-                    self.versions.insert(name, resource.version);
-                }
-            }
-        }
-        DeltaDiscoveryRequest {
+    ) -> Result<DeltaDiscoveryRequest, NonceTooLong> {
+        check_nonce(&response.nonce)?;
+        let nonce = std::mem::take(&mut response.nonce);
+        let review = self.review(response, now);
+        self.reported.log(&self.subscription, &review);
+        Ok(DeltaDiscoveryRequest {
             node: None,
             type_url: SECRET_TYPE_URL.to_owned(),
             resource_names_subscribe: Vec::new(),
             resource_names_unsubscribe: Vec::new(),
             initial_resource_versions: HashMap::new(),
-            response_nonce: response.nonce,
+            response_nonce: nonce,
             error_detail: review.error_detail(),
-        }
+        })
     }
 
     fn held(&self) -> &HeldMap {

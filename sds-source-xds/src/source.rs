@@ -83,7 +83,7 @@ impl XdsSource {
             });
         }
         let invalid = |problem| Error::InvalidEndpoint {
-            endpoint: given.escape_default().take(256).collect(),
+            endpoint: sds_core::Untrusted::new(given, 256).to_string(),
             problem,
         };
         let uri: Uri = given.parse().map_err(|_| invalid("not a valid URI"))?;
@@ -219,6 +219,7 @@ impl XdsSource {
         };
         let worker = |index, names| {
             let subscription = subscription(names);
+            let secret = subscription.single().cloned();
             let (client, endpoint) = (client.clone(), Arc::clone(&self.endpoint));
             match self.api {
                 Api::Delta => Worker::new(
@@ -226,6 +227,7 @@ impl XdsSource {
                     Delta::new(subscription),
                     client,
                     endpoint,
+                    secret,
                     self.backoff,
                 )
                 .into_stream(),
@@ -234,6 +236,7 @@ impl XdsSource {
                     Sotw::new(subscription),
                     client,
                     endpoint,
+                    secret,
                     self.backoff,
                 )
                 .into_stream(),

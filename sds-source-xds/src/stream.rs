@@ -7,7 +7,7 @@ use futures_util::{
     StreamExt as _,
     stream::{self, BoxStream, SelectAll},
 };
-use sds_core::{UnixTime, Update};
+use sds_core::{SecretName, UnixTime, Update};
 use sds_proto::envoy::service::{
     discovery::v3::{
         DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
@@ -20,7 +20,7 @@ use tonic::{Status, Streaming, transport::Channel};
 
 use crate::{
     Backoff, Error,
-    session::{Delta, Held, HeldMap, Session, Sotw},
+    session::{Delta, Held, HeldMap, MAX_NONCE_LEN, Session, Sotw},
 };
 
 /// The generated client over our channel.
@@ -84,6 +84,8 @@ pub(crate) struct Worker<S: Session> {
     session: S,
     client: Client,
     endpoint: Arc<str>,
+    /// The stream's one secret, if it has one: named in its errors and logs.
+    secret: Option<SecretName>,
     backoff: Backoff,
     /// Consecutive failures since the last accepted response.
     failures: u32,
@@ -98,11 +100,13 @@ struct Open<S: Session> {
 // === impl Worker ===
 
 impl<S: Call> Worker<S> {
+    /// Worker `index`, speaking `session` (whose stream has the one name `secret`, if one).
     pub(crate) fn new(
         index: usize,
         session: S,
         client: Client,
         endpoint: Arc<str>,
+        secret: Option<SecretName>,
         backoff: Backoff,
     ) -> Self {
         Self {
@@ -110,6 +114,7 @@ impl<S: Call> Worker<S> {
             session,
             client,
             endpoint,
+            secret,
             backoff,
             failures: 0,
             open: None,
@@ -142,24 +147,33 @@ impl<S: Call> Worker<S> {
                 continue;
             };
             let error = match open.responses.message().await {
-                Ok(Some(response)) => {
-                    let reply = self.session.on_response(response, UnixTime::now());
-                    // Only an accepted response ends a run of failures: a server that sends
-                    // something bad and hangs up is reconnected to ever more slowly.
-                    if !S::is_nack(&reply) {
-                        self.failures = 0;
+                Ok(Some(response)) => match self.session.on_response(response, UnixTime::now()) {
+                    Ok(reply) => {
+                        // Only an accepted response ends a run of failures: a server that sends
+                        // something bad and hangs up is reconnected to ever more slowly.
+                        if !S::is_nack(&reply) {
+                            self.failures = 0;
+                        }
+                        // One request in flight: the next response is not read until the
+                        // server took this answer (HTTP/2 flow control), so answers never pile
+                        // up. A closed request side shows up as the end of the responses next.
+                        let _ = open.requests.send(reply).await;
+                        return Event::Held(self.index, self.session.held().clone());
                     }
-                    // One request in flight: the next response is not read until the
-                    // server took this answer (HTTP/2 flow control), so answers never pile
-                    // up. A closed request side shows up as the end of the responses next.
-                    let _ = open.requests.send(reply).await;
-                    return Event::Held(self.index, self.session.held().clone());
-                }
+                    Err(too_long) => Error::NonceTooLong {
+                        endpoint: self.endpoint.to_string(),
+                        secret: self.secret.clone(),
+                        len: too_long.len,
+                        max: MAX_NONCE_LEN,
+                    },
+                },
                 Ok(None) => Error::Closed {
                     endpoint: self.endpoint.to_string(),
+                    secret: self.secret.clone(),
                 },
                 Err(status) => Error::Stream {
                     endpoint: self.endpoint.to_string(),
+                    secret: self.secret.clone(),
                     source: Box::new(status),
                 },
             };
@@ -178,10 +192,15 @@ impl<S: Call> Worker<S> {
             .await
             .map_err(|status| Error::Connect {
                 endpoint: self.endpoint.to_string(),
+                secret: self.secret.clone(),
                 source: Box::new(status),
             })?
             .into_inner();
-        tracing::debug!(endpoint = %self.endpoint, "opened an SDS stream");
+        tracing::debug!(
+            endpoint = %self.endpoint,
+            secret = self.secret.as_ref().map(SecretName::as_str),
+            "opened an SDS stream"
+        );
         Ok(Open {
             requests,
             responses,

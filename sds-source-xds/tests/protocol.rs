@@ -380,7 +380,23 @@ async fn connection_failures_are_ambient_errors() {
         let error = item.expect_err("nobody listens");
         assert!(error.is_transient());
         assert!(error.to_string().contains("nobody.sock"), "{error}");
+        // A stream per name: the error says which secret's stream failed.
+        assert!(error.to_string().contains("secret `web`"), "{error}");
     }
+
+    // A stream of several names names none of them.
+    let source = XdsSource::unix(dir.path().join("nobody.sock"))
+        .names(["web", "api"])
+        .expect("valid names")
+        .streams(Streams::One)
+        .backoff(backoff());
+    let mut stream = std::pin::pin!(source.into_stream());
+    let error = tokio::time::timeout(support::WAIT, stream.next())
+        .await
+        .expect("an item")
+        .expect("the stream goes on")
+        .expect_err("nobody listens");
+    assert!(!error.to_string().contains("secret"), "{error}");
 }
 
 #[tokio::test]

@@ -44,6 +44,12 @@ use tonic::{Request, Response, Status, Streaming};
 /// A guard against hangs only; no test asserts on time.
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// Changes a state-of-the-world response just before it is sent (a misbehaving server).
+pub type SotwTamper = Arc<dyn Fn(&mut DiscoveryResponse) + Send + Sync>;
+
+/// Changes a delta response just before it is sent (a misbehaving server).
+pub type DeltaTamper = Arc<dyn Fn(&mut DeltaDiscoveryResponse) + Send + Sync>;
+
 /// Any request the upstream received.
 #[derive(Clone, Debug)]
 pub enum Received {
@@ -59,6 +65,10 @@ pub struct State {
     pub received: Vec<Received>,
     /// Every state-of-the-world response sent: (version_info, nonce).
     pub sent: Vec<(String, String)>,
+    /// Applied to every state-of-the-world response before it is sent.
+    sotw_tamper: Option<SotwTamper>,
+    /// Applied to every delta response before it is sent.
+    delta_tamper: Option<DeltaTamper>,
     generation: u64,
     nonce: u64,
 }
@@ -99,6 +109,23 @@ impl Upstream {
         state.generation += 1;
         state.secrets.remove(name);
         drop(state);
+        self.0.changed.send_modify(|g| *g += 1);
+    }
+
+    /// Sends every state-of-the-world response through `tamper` first (`None`: as built).
+    pub fn tamper_sotw(&self, tamper: Option<SotwTamper>) {
+        self.0.state.lock().sotw_tamper = tamper;
+    }
+
+    /// Sends every delta response through `tamper` first (`None`: as built).
+    pub fn tamper_delta(&self, tamper: Option<DeltaTamper>) {
+        self.0.state.lock().delta_tamper = tamper;
+    }
+
+    /// Sends the state of the world again, unchanged, on every stream (a new version and
+    /// nonce): a server that repeats itself.
+    pub fn resend(&self) {
+        self.0.state.lock().generation += 1;
         self.0.changed.send_modify(|g| *g += 1);
     }
 
@@ -258,14 +285,20 @@ impl SecretDiscoveryService for Upstream {
                             let version = format!("v{}", state.generation);
                             let nonce = Upstream::next_nonce(&mut state);
                             (!resources.is_empty()).then(|| {
-                                state.sent.push((version.clone(), nonce.clone()));
-                                DiscoveryResponse {
+                                let mut response = DiscoveryResponse {
                                     version_info: version,
                                     resources,
                                     canary: false,
                                     type_url: SECRET_TYPE_URL.to_owned(),
                                     nonce,
+                                };
+                                if let Some(tamper) = &state.sotw_tamper {
+                                    tamper(&mut response);
                                 }
+                                state
+                                    .sent
+                                    .push((response.version_info.clone(), response.nonce.clone()));
+                                response
                             })
                         }
                     };
@@ -333,13 +366,17 @@ impl SecretDiscoveryService for Upstream {
                             }
                         }
                         (!resources.is_empty() || !removed.is_empty()).then(|| {
-                            DeltaDiscoveryResponse {
+                            let mut response = DeltaDiscoveryResponse {
                                 system_version_info: String::new(),
                                 resources,
                                 type_url: SECRET_TYPE_URL.to_owned(),
                                 removed_resources: removed,
                                 nonce: Upstream::next_nonce(&mut state),
+                            };
+                            if let Some(tamper) = &state.delta_tamper {
+                                tamper(&mut response);
                             }
+                            response
                         })
                     };
                     if let Some(response) = response
