@@ -8,9 +8,11 @@
 //! ./target/release/examples/soak --n 10000 --duration 10m
 //! ```
 //!
-//! (`scripts/soak` does both.) The tool writes K credentials into a temporary directory and
-//! starts `serve-dir` on it (next to this binary unless `--server`; as `nobody` when run as
-//! root, so that an unreadable directory is unreadable to it). N streams, 100 per HTTP/2
+//! (`scripts/soak` does both; `scripts/soak --source k8s` soaks `serve-k8s`.) The tool writes
+//! K credentials into a temporary directory and starts `serve-dir` on it (next to this binary
+//! unless `--server`; as `nobody` when run as root, so that an unreadable directory is
+//! unreadable to it), or with `--source k8s` writes them as `kubernetes.io/tls` Secrets of an
+//! in-process `sds-test-apiserver` and starts `serve-k8s` on it. N streams, 100 per HTTP/2
 //! connection, each subscribe to one credential (stream `i` to credential `i mod K`), ACK
 //! every response, and reconnect with backoff and jitter, resubscribing with the version they
 //! hold. Every second a new pair is written for one of the credentials 1..K; every
@@ -18,7 +20,13 @@
 //!
 //! - `restart`: SIGTERM, a new server on the same port; the time until every stream is
 //!   answered by the new one is the reconnect storm;
-//! - `unreadable`: the directory's mode is 000 for 5 s (rotations meanwhile land after);
+//! - `unreadable` (directory): the directory's mode is 000 for 5 s (rotations meanwhile land
+//!   after);
+//! - `api-down` (Kubernetes): the API server stops for 5 s (connections refused) and comes
+//!   back with what was written meanwhile;
+//! - `compact` (Kubernetes): the API server stops, a new pair is written, the history is
+//!   compacted and the server comes back: the watch resumes from an expired resourceVersion
+//!   (410 Gone) and must list again;
 //! - `half-pair`: a new chain without its key for 1 s, then the key;
 //! - `garbage-key`, `other-key`, `expired`: a key that is not one, the key of another pair,
 //!   an expired certificate with its key; 1 s later a good pair.
@@ -51,11 +59,17 @@ use clap::{Parser, ValueEnum};
 use tokio::sync::Mutex;
 use tonic::transport::Endpoint;
 
+use sds_test_apiserver::{Access, ApiServer};
+
 use crate::{
-    credentials::{Credentials, Spoil},
-    server::Server,
+    credentials::{Credentials, Spoil, Store},
+    server::{Launch, Server},
     streams::{Shared, Streams},
 };
+
+/// The namespace of the Secrets, and the server's token, with `--source k8s`.
+const NAMESPACE: &str = "istio-system";
+const TOKEN: &str = "sds-soak";
 
 /// Soak the real serve-dir: rotations every second and faults, with N streams like Envoy's.
 #[derive(Parser, Debug)]
@@ -85,11 +99,16 @@ struct Args {
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     fault_every: Duration,
 
-    /// The faults, in the order they come round.
-    #[arg(long, value_delimiter = ',', default_values_t = Fault::ALL)]
-    faults: Vec<Fault>,
+    /// The faults, in the order they come round (default: every fault the source has).
+    #[arg(long, value_delimiter = ',')]
+    faults: Option<Vec<Fault>>,
 
-    /// The serve-dir binary (default: beside this one).
+    /// Where the credentials are: a directory served by `serve-dir`, or Kubernetes Secrets
+    /// of an in-process test API server served by `serve-k8s`.
+    #[arg(long, value_enum, default_value_t = Source::Dir)]
+    source: Source,
+
+    /// The server binary (default: `serve-dir` or `serve-k8s` beside this one).
     #[arg(long)]
     server: Option<PathBuf>,
 
@@ -103,9 +122,22 @@ struct Args {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Source {
+    Dir,
+    K8s,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Fault {
+    /// The server: SIGTERM, a new process on the same port.
     Restart,
+    /// The directory's mode 000 for 5 s (`dir`).
     Unreadable,
+    /// The API server down for 5 s (`k8s`).
+    ApiDown,
+    /// The API server down, its history compacted meanwhile, so that the server's watch
+    /// resumes from an expired resourceVersion (`410 Gone`) and lists again (`k8s`).
+    Compact,
     HalfPair,
     GarbageKey,
     OtherKey,
@@ -113,14 +145,30 @@ enum Fault {
 }
 
 impl Fault {
-    const ALL: [Fault; 6] = [
+    const ALL: [Fault; 8] = [
         Fault::Restart,
         Fault::Unreadable,
         Fault::HalfPair,
         Fault::GarbageKey,
         Fault::OtherKey,
         Fault::Expired,
+        Fault::ApiDown,
+        Fault::Compact,
     ];
+
+    /// The faults a source has, in the order they come round.
+    fn of(source: Source) -> Vec<Fault> {
+        Fault::ALL
+            .into_iter()
+            .filter(|f| {
+                !matches!(
+                    (f, source),
+                    (Fault::Unreadable, Source::K8s)
+                        | (Fault::ApiDown | Fault::Compact, Source::Dir)
+                )
+            })
+            .collect()
+    }
 }
 
 impl std::fmt::Display for Fault {
@@ -161,6 +209,9 @@ struct FaultLog {
     done: Vec<Fault>,
     /// Per restart: the time until every stream was answered by the new server.
     storms: Vec<Duration>,
+    /// Per API server outage: the time from its return until every stream of the credential
+    /// written while it was down holds it.
+    resyncs: Vec<Duration>,
     errors: Vec<String>,
 }
 
@@ -170,13 +221,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if args.credentials < 2 || args.n == 0 || args.per_connection == 0 {
         return Err("--credentials must be at least 2, --n and --per-connection positive".into());
     }
+    let faults = args
+        .faults
+        .clone()
+        .unwrap_or_else(|| Fault::of(args.source));
+    if let Some(fault) = faults.iter().find(|f| !Fault::of(args.source).contains(f)) {
+        return Err(format!(
+            "--faults {fault} is not a fault of --source {:?}",
+            args.source
+        )
+        .into());
+    }
+    let example = match args.source {
+        Source::Dir => "serve-dir",
+        Source::K8s => "serve-k8s",
+    };
     let binary = match &args.server {
         Some(path) => path.clone(),
-        None => std::env::current_exe()?.with_file_name("serve-dir"),
+        None => std::env::current_exe()?.with_file_name(example),
     };
     if !binary.exists() {
         return Err(format!(
-            "no serve-dir at {} (cargo build --release --example serve-dir, or --server)",
+            "no {example} at {} (scripts/soak builds it; or --server)",
             binary.display()
         )
         .into());
@@ -184,16 +250,50 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     fs::create_dir_all(&args.out)?;
     let work = tempfile::tempdir()?;
     fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755))?;
-    let credentials = Arc::new(Credentials::create(
-        &work.path().join("credentials"),
-        args.credentials,
-    )?);
+    let (store, launch) = match args.source {
+        Source::Dir => {
+            let dir = work.path().join("credentials");
+            let launch = Launch {
+                binary,
+                args: vec![
+                    "--dir".into(),
+                    dir.clone().into(),
+                    "--debounce".into(),
+                    "100ms".into(),
+                ],
+                env: Vec::new(),
+            };
+            (Store::Dir(dir), launch)
+        }
+        Source::K8s => {
+            let api = ApiServer::builder()
+                .user(
+                    TOKEN,
+                    "system:serviceaccount:istio-system:sds",
+                    Access::all().read_only(),
+                )
+                .start()
+                .await?;
+            // Readable by the server when it runs as `nobody`.
+            let kubeconfig = work.path().join("kubeconfig.yaml");
+            fs::write(&kubeconfig, api.kubeconfig_yaml(TOKEN, NAMESPACE))?;
+            fs::set_permissions(&kubeconfig, fs::Permissions::from_mode(0o644))?;
+            let launch = Launch {
+                binary,
+                args: vec!["--namespace".into(), NAMESPACE.into()],
+                env: vec![("KUBECONFIG".to_owned(), kubeconfig.into())],
+            };
+            let namespace = NAMESPACE.to_owned();
+            (Store::K8s { api, namespace }, launch)
+        }
+    };
+    let credentials = Arc::new(Credentials::create(store, args.credentials)?);
     let names = credentials.names().to_vec();
 
     let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-    let log = args.out.join("serve-dir.log");
+    let log = args.out.join("server.log");
     let _ = fs::remove_file(&log);
-    let server = Server::start(&binary, credentials.dir(), addr, &log)?;
+    let server = Server::start(launch, addr, &log)?;
     server.wait_listening(Duration::from_secs(30)).await?;
     let server = Arc::new(Mutex::new(server));
 
@@ -244,7 +344,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let soak_start = Instant::now();
     let faults = tokio::spawn(run_faults(
-        args.faults.clone(),
+        faults,
         args.fault_every,
         args.duration,
         Arc::clone(&server),
@@ -316,6 +416,34 @@ async fn run_faults(
             Fault::Restart => restart(&server, &shared)
                 .await
                 .map(|storm| log.storms.push(storm)),
+            Fault::ApiDown | Fault::Compact => {
+                async {
+                    let api = credentials.api().map_err(|e| e.to_string())?;
+                    api.stop().await;
+                    // A change the server's watch has not seen (with `compact`, compacted
+                    // away: the watch's resourceVersion expires and it must list again).
+                    credentials.rotate(&target).map_err(|e| e.to_string())?;
+                    if *fault == Fault::Compact {
+                        tokio::time::sleep(one_second).await;
+                        api.compact();
+                    } else {
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                    }
+                    api.restart().await.map_err(|e| e.to_string())?;
+                    let back = Instant::now();
+                    while shared.behind_on(&target, credentials.names()) > 0 {
+                        if back.elapsed() > Duration::from_secs(120) {
+                            return Err(
+                                "not resynced 120 s after the API server came back".to_owned()
+                            );
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    log.resyncs.push(back.elapsed());
+                    Ok(())
+                }
+                .await
+            }
             Fault::Unreadable => {
                 async {
                     credentials.readable(false).map_err(|e| e.to_string())?;
@@ -418,7 +546,7 @@ async fn finish(f: Finish<'_>) -> Result<(), Box<dyn std::error::Error>> {
     fs::write(f.args.out.join("rss.csv"), csv)?;
 
     let count = |fault: Fault| f.fault_log.done.iter().filter(|d| **d == fault).count();
-    let faults: Vec<String> = Fault::ALL
+    let faults: Vec<String> = Fault::of(f.args.source)
         .iter()
         .map(|fault| format!("{fault} ×{}", count(*fault)))
         .collect();
@@ -434,7 +562,7 @@ async fn finish(f: Finish<'_>) -> Result<(), Box<dyn std::error::Error>> {
         ),
         _ => "no restart".to_owned(),
     };
-    let log_bytes = fs::metadata(f.args.out.join("serve-dir.log")).map_or(0, |m| m.len());
+    let log_bytes = fs::metadata(f.args.out.join("server.log")).map_or(0, |m| m.len());
     let mut report = String::new();
     let _ = writeln!(report, "# Soak\n");
     let _ = writeln!(report, "| figure | value |\n|---|---|");
@@ -445,7 +573,10 @@ async fn finish(f: Finish<'_>) -> Result<(), Box<dyn std::error::Error>> {
         "streams (connections)",
         format!("{} ({})", f.args.n, f.connections),
     );
-    row("credentials", f.args.credentials.to_string());
+    row(
+        "source; credentials",
+        format!("{:?}; {}", f.args.source, f.args.credentials),
+    );
     row("soak", format!("{:?}", f.args.duration));
     row(
         "rotations written (refused: directory unreadable)",
@@ -475,6 +606,18 @@ async fn finish(f: Finish<'_>) -> Result<(), Box<dyn std::error::Error>> {
         "reconnect storm (every stream answered by the new server)",
         storms,
     );
+    if !f.fault_log.resyncs.is_empty() {
+        let resyncs: Vec<String> = f
+            .fault_log
+            .resyncs
+            .iter()
+            .map(|d| format!("{:.2} s", d.as_secs_f64()))
+            .collect();
+        row(
+            "API server back to every stream holding what was written while it was down",
+            resyncs.join(", "),
+        );
+    }
     row(
         "server CPU per message received",
         format!(

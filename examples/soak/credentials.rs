@@ -1,5 +1,5 @@
-//! The credentials directory the soak writes, and the registry of every good pair it wrote:
-//! what a stream may be sent.
+//! Where the soak writes its credentials (a directory, or Secrets of the test API server),
+//! and the registry of every good pair it wrote: what a stream may be sent.
 
 use std::{
     collections::HashMap,
@@ -9,15 +9,24 @@ use std::{
 };
 
 use parking_lot::Mutex;
+use sds_test_apiserver::{ApiServer, Secret};
 use sds_test_util::certs::{Ca, KeyKind, Leaf, Validity};
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
 
 /// Which good pair a name holds: the count of good pairs written for it before, from 0.
 pub(crate) type Generation = u64;
 
-/// The directory, its CA, and every good pair written per name.
+/// Where credentials are written.
+pub(crate) enum Store {
+    /// `DIR/<name>/{cert,key}`, each file written by rename (the key first).
+    Dir(PathBuf),
+    /// `kubernetes.io/tls` Secrets in `namespace`, each written whole (`tls.crt`, `tls.key`).
+    K8s { api: ApiServer, namespace: String },
+}
+
+/// The store, the CA, and every good pair written per name.
 pub(crate) struct Credentials {
-    dir: PathBuf,
+    store: Store,
     ca: Ca,
     names: Vec<String>,
     good: Mutex<Registry>,
@@ -49,21 +58,25 @@ pub(crate) enum Verdict {
 }
 
 impl Credentials {
-    /// Creates `count` credentials `cred-0 ...` under `dir`, each with its first good pair.
-    pub(crate) fn create(dir: &Path, count: usize) -> io::Result<Credentials> {
-        fs::create_dir_all(dir)?;
-        // Readable by the server when it runs as another user (see `server.rs`).
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
+    /// Creates `count` credentials `cred-0 ...` in `store`, each with its first good pair.
+    pub(crate) fn create(store: Store, count: usize) -> io::Result<Credentials> {
+        if let Store::Dir(dir) = &store {
+            fs::create_dir_all(dir)?;
+            // Readable by the server when it runs as another user (see `server.rs`).
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
+        }
         let credentials = Credentials {
-            dir: dir.to_owned(),
+            store,
             ca: Ca::new("soak.example.com"),
             names: (0..count).map(|i| format!("cred-{i}")).collect(),
             good: Mutex::default(),
         };
         for name in &credentials.names {
-            let path = credentials.dir.join(name);
-            fs::create_dir_all(&path)?;
-            fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
+            if let Store::Dir(dir) = &credentials.store {
+                let path = dir.join(name);
+                fs::create_dir_all(&path)?;
+                fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
+            }
             credentials.rotate(name)?;
         }
         Ok(credentials)
@@ -73,8 +86,37 @@ impl Credentials {
         &self.names
     }
 
-    pub(crate) fn dir(&self) -> &Path {
-        &self.dir
+    /// Writes the key and/or the chain of `name`: in a directory the key first, each file by
+    /// rename (a reload in between sees a half pair, to be held back); as a Secret, both at
+    /// once, the other kept.
+    fn put(&self, name: &str, key: Option<&str>, chain: Option<&str>) -> io::Result<()> {
+        match &self.store {
+            Store::Dir(dir) => {
+                if let Some(key) = key {
+                    write(&dir.join(name).join("key"), key)?;
+                }
+                if let Some(chain) = chain {
+                    write(&dir.join(name).join("cert"), chain)?;
+                }
+                Ok(())
+            }
+            Store::K8s { api, namespace } => {
+                let mut secret = api
+                    .get(namespace, name)
+                    .unwrap_or_else(|| Secret::new(namespace, name).with_type("kubernetes.io/tls"));
+                if let Some(key) = key {
+                    secret
+                        .data
+                        .insert("tls.key".to_owned(), key.as_bytes().to_vec());
+                }
+                if let Some(chain) = chain {
+                    secret
+                        .data
+                        .insert("tls.crt".to_owned(), chain.as_bytes().to_vec());
+                }
+                api.apply(secret).map(drop).map_err(io::Error::other)
+            }
+        }
     }
 
     fn issue(&self, name: &str) -> Leaf {
@@ -93,8 +135,7 @@ impl Credentials {
     pub(crate) fn rotate(&self, name: &str) -> io::Result<()> {
         let leaf = self.issue(name);
         let previous = self.register(name, &leaf);
-        let written = write(&self.dir.join(name).join("key"), &leaf.key_pem)
-            .and_then(|()| write(&self.dir.join(name).join("cert"), &leaf.chain_pem));
+        let written = self.put(name, Some(&leaf.key_pem), Some(&leaf.chain_pem));
         if written.is_err() {
             let mut good = self.good.lock();
             match previous {
@@ -105,38 +146,37 @@ impl Credentials {
         written
     }
 
-    /// Writes a new pair's chain only: the directory holds a half pair until
-    /// [`Credentials::complete`] writes its key.
+    /// Writes a new pair's chain only: the store holds a half pair (the new chain, the old
+    /// key) until [`Credentials::complete`] writes its key.
     pub(crate) fn half(&self, name: &str) -> io::Result<Leaf> {
         let leaf = self.issue(name);
         self.register(name, &leaf);
-        write(&self.dir.join(name).join("cert"), &leaf.chain_pem)?;
+        self.put(name, None, Some(&leaf.chain_pem))?;
         Ok(leaf)
     }
 
     /// Writes the key of a half pair.
     pub(crate) fn complete(&self, name: &str, leaf: &Leaf) -> io::Result<()> {
-        write(&self.dir.join(name).join("key"), &leaf.key_pem)
+        self.put(name, Some(&leaf.key_pem), None)
     }
 
     /// Writes something that must never be served as `name`: a key that is not PEM, a key of
     /// another pair, or an expired certificate with its own key.
     pub(crate) fn spoil(&self, name: &str, how: Spoil) -> io::Result<()> {
-        let dir = self.dir.join(name);
         match how {
-            Spoil::Garbage => write(
-                &dir.join("key"),
-                "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n",
+            Spoil::Garbage => self.put(
+                name,
+                Some("-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n"),
+                None,
             ),
-            Spoil::OtherKey => write(&dir.join("key"), &self.issue(name).key_pem),
+            Spoil::OtherKey => self.put(name, Some(&self.issue(name).key_pem), None),
             Spoil::Expired => {
                 let leaf = self.ca.issue(
                     &[&format!("{name}.soak.example.com")],
                     KeyKind::EcP256Pkcs8,
                     Validity::expired(),
                 );
-                write(&dir.join("key"), &leaf.key_pem)?;
-                write(&dir.join("cert"), &leaf.chain_pem)
+                self.put(name, Some(&leaf.key_pem), Some(&leaf.chain_pem))
             }
         }
     }
@@ -184,8 +224,21 @@ impl Credentials {
 
     /// Makes the directory unreadable (`false`) or readable again.
     pub(crate) fn readable(&self, readable: bool) -> io::Result<()> {
+        let Store::Dir(dir) = &self.store else {
+            return Err(io::Error::other("only a directory can be made unreadable"));
+        };
         let mode = if readable { 0o755 } else { 0o000 };
-        fs::set_permissions(&self.dir, fs::Permissions::from_mode(mode))
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+    }
+
+    /// The test API server, for the Kubernetes faults.
+    pub(crate) fn api(&self) -> io::Result<&ApiServer> {
+        match &self.store {
+            Store::K8s { api, .. } => Ok(api),
+            Store::Dir(_) => Err(io::Error::other(
+                "only the Kubernetes source has an API server",
+            )),
+        }
     }
 }
 

@@ -1,7 +1,8 @@
-//! The real `serve-dir` as a child process: started, stopped with SIGTERM, restarted on the
-//! same port; its resident memory and CPU time read from `/proc`.
+//! The real server (`serve-dir` or `serve-k8s`) as a child process: started, stopped with
+//! SIGTERM, restarted on the same port; its resident memory and CPU time read from `/proc`.
 
 use std::{
+    ffi::OsString,
     fs, io,
     net::SocketAddr,
     os::unix::process::CommandExt as _,
@@ -14,10 +15,17 @@ use std::{
 /// it (root reads through any mode): `nobody`.
 const NOBODY: u32 = 65534;
 
-/// One `serve-dir` after another, on the same address.
+/// How to start the server: the binary, its arguments (but `--listen`) and environment.
+#[derive(Debug, Clone)]
+pub(crate) struct Launch {
+    pub(crate) binary: PathBuf,
+    pub(crate) args: Vec<OsString>,
+    pub(crate) env: Vec<(String, OsString)>,
+}
+
+/// One server process after another, on the same address.
 pub(crate) struct Server {
-    binary: PathBuf,
-    dir: PathBuf,
+    launch: Launch,
     log: PathBuf,
     addr: SocketAddr,
     child: Option<Child>,
@@ -26,16 +34,10 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    /// Starts `binary` serving `dir` on `addr`, appending its log to `log`.
-    pub(crate) fn start(
-        binary: &Path,
-        dir: &Path,
-        addr: SocketAddr,
-        log: &Path,
-    ) -> io::Result<Server> {
+    /// Starts the server `launch` says, listening on `addr`, appending its log to `log`.
+    pub(crate) fn start(launch: Launch, addr: SocketAddr, log: &Path) -> io::Result<Server> {
         let mut server = Server {
-            binary: binary.to_owned(),
-            dir: dir.to_owned(),
+            launch,
             log: log.to_owned(),
             addr,
             child: None,
@@ -50,13 +52,12 @@ impl Server {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let mut command = Command::new(&self.binary);
+        let mut command = Command::new(&self.launch.binary);
         command
-            .arg("--dir")
-            .arg(&self.dir)
+            .args(&self.launch.args)
             .arg("--listen")
             .arg(self.addr.to_string())
-            .args(["--debounce", "100ms"])
+            .envs(self.launch.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

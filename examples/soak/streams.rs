@@ -79,6 +79,19 @@ impl Shared {
             .count()
     }
 
+    /// The streams of `name` that do not hold its latest good pair (stream `i` has the name
+    /// `names[i % names.len()]`).
+    pub(crate) fn behind_on(&self, name: &str, names: &[String]) -> usize {
+        let latest = self.credentials.latest(name);
+        self.held
+            .iter()
+            .enumerate()
+            .filter(|(i, held)| {
+                names[i % names.len()] == name && held.load(Ordering::Relaxed) != latest
+            })
+            .count()
+    }
+
     /// The streams that have not heard from the current server yet.
     pub(crate) fn not_back(&self) -> usize {
         let epoch = self.epoch.load(Ordering::Relaxed);
