@@ -31,16 +31,32 @@
 //! - `garbage-key`, `other-key`, `expired`: a key that is not one, the key of another pair,
 //!   an expired certificate with its key; 1 s later a good pair.
 //!
+//! With `--abuse`, one more client exceeds each per-client limit in turn, over and over
+//! (1,100 streams on a connection, 10,000 names and a stream of 101, half-sent 4 MiB
+//! requests, a NACK storm, 500 silent connections: `soak/abuser.rs`), and the report says what
+//! the server did to it. Compare the time to all (below) with a run without it, with
+//! `--fault-every 0s` for both.
+//!
 //! Every secret a stream is sent is judged: it must be a pair the soak wrote as good for that
 //! name (the leaf and key compared by DER), never older than one the stream held. At the end
 //! the rotations and faults stop, and every stream must come to hold the latest good pair of
 //! its name. The report (stdout and `--out`/report.md, with the RSS samples in rss.csv) gives
-//! updates lost, bad secrets pushed, regressions, the server's RSS per minute, its CPU per
-//! message received, and the reconnect storms. The exit status is 1 if anything was lost,
+//! updates lost, bad secrets pushed, regressions, the time from each rotation until every
+//! stream of its credential holds it (p50, p90, p99, max), the server's RSS per minute, its CPU
+//! per message received, and the reconnect storms. The exit status is 1 if anything was lost,
 //! bad or older.
 
+#[path = "soak/abuser.rs"]
+mod abuser;
 #[path = "soak/credentials.rs"]
 mod credentials;
+// The abuse tool's clients (`--abuse`).
+#[allow(dead_code)]
+#[path = "abuse/grpc.rs"]
+mod grpc;
+#[allow(dead_code)]
+#[path = "abuse/raw.rs"]
+mod raw;
 #[path = "soak/server.rs"]
 mod server;
 #[path = "soak/streams.rs"]
@@ -95,9 +111,15 @@ struct Args {
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     rotate_every: Duration,
 
-    /// The next fault this often.
+    /// The next fault this often (0s: no faults).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     fault_every: Duration,
+
+    /// Meanwhile, one client exceeds each per-client limit in turn, over and over (streams,
+    /// names, bytes, NACK rate, silent connections; see `soak/abuser.rs`). Compare the time
+    /// to all with a run without it.
+    #[arg(long)]
+    abuse: bool,
 
     /// The faults, in the order they come round (default: every fault the source has).
     #[arg(long, value_delimiter = ',')]
@@ -221,10 +243,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if args.credentials < 2 || args.n == 0 || args.per_connection == 0 {
         return Err("--credentials must be at least 2, --n and --per-connection positive".into());
     }
-    let faults = args
-        .faults
-        .clone()
-        .unwrap_or_else(|| Fault::of(args.source));
+    let faults = match args.fault_every.is_zero() {
+        true => Vec::new(),
+        false => args
+            .faults
+            .clone()
+            .unwrap_or_else(|| Fault::of(args.source)),
+    };
     if let Some(fault) = faults.iter().find(|f| !Fault::of(args.source).contains(f)) {
         return Err(format!(
             "--faults {fault} is not a fault of --source {:?}",
@@ -350,6 +375,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Arc::clone(&server),
         Arc::clone(&shared),
     ));
+    let abuse_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let abuse_tally = Arc::new(parking_lot::Mutex::new(abuser::Tally::default()));
+    let abuser = args.abuse.then(|| {
+        tokio::spawn(abuser::run(
+            addr,
+            names[1].clone(),
+            Arc::clone(&abuse_stop),
+            Arc::clone(&abuse_tally),
+        ))
+    });
+    // Per rotation: the time until every stream of the credential holds the new pair.
+    let to_all = Arc::new(parking_lot::Mutex::new(Vec::<Option<Duration>>::new()));
     let (mut rotations, mut refused) = (0u64, 0u64);
     let mut tick = tokio::time::interval(args.rotate_every);
     tick.tick().await;
@@ -357,8 +394,36 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tick.tick().await;
         let name = &names[1 + (rotations as usize % (names.len() - 1))];
         match credentials.rotate(name) {
-            Ok(()) => rotations += 1,
+            Ok(()) => {
+                rotations += 1;
+                let (shared, names, name, to_all) = (
+                    Arc::clone(&shared),
+                    names.clone(),
+                    name.clone(),
+                    Arc::clone(&to_all),
+                );
+                tokio::spawn(async move {
+                    let start = Instant::now();
+                    while shared.behind_on(&name, &names) > 0 {
+                        if start.elapsed() > Duration::from_secs(30) {
+                            return to_all.lock().push(None);
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    to_all.lock().push(Some(start.elapsed()));
+                });
+            }
             Err(_) => refused += 1,
+        }
+    }
+    abuse_stop.store(true, Ordering::Relaxed);
+    if let Some(abuser) = abuser {
+        // A round ends within about 30 s; what it holds goes with it.
+        if tokio::time::timeout(Duration::from_secs(60), abuser)
+            .await
+            .is_err()
+        {
+            eprintln!("the abuser did not finish its round within 60 s");
         }
     }
     let fault_log = faults.await?;
@@ -366,6 +431,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     sampler.abort();
     let _ = sampler.await;
     let samples = std::mem::take(&mut *samples.lock());
+    let to_all = std::mem::take(&mut *to_all.lock());
+    let abuse = args.abuse.then(|| std::mem::take(&mut *abuse_tally.lock()));
     finish(Finish {
         args: &args,
         lost: shared.behind(&names),
@@ -375,6 +442,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         fault_log,
         shared: &shared,
         samples: &samples,
+        to_all: &to_all,
+        abuse,
         streams,
         server: &server,
         connections,
@@ -513,6 +582,8 @@ struct Finish<'a> {
     fault_log: FaultLog,
     shared: &'a Shared,
     samples: &'a [Sample],
+    to_all: &'a [Option<Duration>],
+    abuse: Option<abuser::Tally>,
     streams: Streams,
     server: &'a Mutex<Server>,
     connections: usize,
@@ -582,7 +653,13 @@ async fn finish(f: Finish<'_>) -> Result<(), Box<dyn std::error::Error>> {
         "rotations written (refused: directory unreadable)",
         format!("{} ({})", f.rotations, f.refused),
     );
-    row("faults", faults.join(", "));
+    row(
+        "faults",
+        match f.args.fault_every.is_zero() {
+            true => "none (--fault-every 0s)".to_owned(),
+            false => faults.join(", "),
+        },
+    );
     row("fault errors", format!("{:?}", f.fault_log.errors));
     row("responses received", responses.to_string());
     row(
@@ -626,6 +703,37 @@ async fn finish(f: Finish<'_>) -> Result<(), Box<dyn std::error::Error>> {
             cpu
         ),
     );
+    let mut times: Vec<Duration> = f.to_all.iter().flatten().copied().collect();
+    times.sort();
+    let at = |q: f64| {
+        times
+            .get(((times.len() as f64 * q) as usize).min(times.len().saturating_sub(1)))
+            .map_or("-".to_owned(), |d| {
+                format!("{:.0} ms", d.as_secs_f64() * 1e3)
+            })
+    };
+    row(
+        "time until every stream of a rotated credential holds it: p50 / p90 / p99 / max",
+        format!(
+            "{} / {} / {} / {} ({} rotations, {} not within 30 s)",
+            at(0.5),
+            at(0.9),
+            at(0.99),
+            at(1.0),
+            f.to_all.len(),
+            f.to_all.iter().filter(|t| t.is_none()).count()
+        ),
+    );
+    if let Some(abuse) = &f.abuse {
+        row("abuser rounds", abuse.rounds.to_string());
+        for (step, seen) in &abuse.seen {
+            let seen: Vec<String> = seen
+                .iter()
+                .map(|(what, n)| format!("{what} ×{n}"))
+                .collect();
+            row(&format!("abuser: {step}"), seen.join(", "));
+        }
+    }
     row("server log", format!("{log_bytes} bytes"));
     let _ = writeln!(report, "\n## Server RSS per minute (KiB)\n");
     let _ = writeln!(report, "| minute | RSS |\n|---|---|");

@@ -211,7 +211,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         max_connections: usize::try_from(args.max_connections)?,
     };
     server
-        .run(listener, signal("shutting down"), signal("stopping now"))
+        .run(
+            listener,
+            serving::signal("shutting down"),
+            serving::signal("stopping now"),
+        )
         .await;
     for driver in drivers {
         driver.abort();
@@ -329,21 +333,4 @@ async fn ready(mut reader: Reader, certs: ServerCerts, verifier: Option<ClientVe
         all_usable = usable,
         "credentials ready: handshakes use the first snapshot"
     );
-}
-
-/// Resolves on SIGINT or SIGTERM, logging `what` with the signal's name.
-async fn signal(what: &str) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    tracing::info!("{name}: {what}");
 }

@@ -237,7 +237,7 @@ async fn drain(
 }
 
 /// Resolves on SIGINT or SIGTERM, logging `what` (unless empty) with the signal's name.
-async fn signal(what: &str) {
+pub(crate) async fn signal(what: &str) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
