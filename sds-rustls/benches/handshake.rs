@@ -10,10 +10,20 @@
 //! - `update/publish_to_presented`: from a source yielding a new version of the certificate
 //!   (published through `sds_core::publish`) to `ServerCerts::refresh` having prepared it
 //!   for the next handshake.
+//!
+//! Timings on a shared 2-core machine are noisy (single runs of the ratio ranged 0.75-1.24);
+//! instructions are not. `SDS_HANDSHAKES=static:N` (or `server_certs:N`) runs N handshakes
+//! after the same setup and exits, to be counted by valgrind: the difference between N and 0
+//! handshakes, divided by N, is what one handshake costs, exactly:
+//!
+//! ```text
+//! cargo bench -p sds-rustls --no-run   # prints the binary's path
+//! SDS_HANDSHAKES=server_certs:100 valgrind --tool=callgrind --callgrind-out-file=/dev/null BINARY
+//! ```
 
 use std::{io, sync::Arc};
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 use rustls::{
     ClientConfig, ClientConnection, ConnectionCommon, RootCertStore, ServerConfig,
     ServerConnection,
@@ -100,7 +110,20 @@ fn handshake(client: &Arc<ClientConfig>, server: &Arc<ServerConfig>, buf: &mut V
     c.peer_certificates().map_or(0, |chain| chain[0].len())
 }
 
-fn benches(c: &mut Criterion) {
+/// The server configurations to compare, and what they need.
+struct Setup {
+    client: Arc<ClientConfig>,
+    fixed: Arc<ServerConfig>,
+    following: Arc<ServerConfig>,
+    certs: ServerCerts,
+    name: SecretName,
+    secrets: [Arc<Secret>; 2],
+    rt: tokio::runtime::Runtime,
+    tx: mpsc::Sender<Result<Update, io::Error>>,
+    reader: sds_core::Reader,
+}
+
+fn setup() -> Setup {
     let ca = Ca::new("bench CA");
     let v1 = ca.issue(&[HOST], KeyKind::EcP256Pkcs8, Validity::current());
     let v2 = ca.issue(&[HOST], KeyKind::EcP256Pkcs8, Validity::current());
@@ -142,7 +165,31 @@ fn benches(c: &mut Criterion) {
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(certs.clone())),
     );
+    Setup {
+        client,
+        fixed,
+        following,
+        certs,
+        name,
+        secrets: [s1, s2],
+        rt,
+        tx,
+        reader,
+    }
+}
 
+fn benches(c: &mut Criterion) {
+    let Setup {
+        client,
+        fixed,
+        following,
+        certs,
+        name,
+        secrets: [s1, s2],
+        rt,
+        tx,
+        mut reader,
+    } = setup();
     let mut buf = Vec::with_capacity(16 * 1024);
     let mut group = c.benchmark_group("handshake");
     group.bench_function("static", |b| {
@@ -170,4 +217,30 @@ fn benches(c: &mut Criterion) {
 }
 
 criterion_group!(handshake_benches, benches);
-criterion_main!(handshake_benches);
+
+fn main() {
+    if let Ok(spec) = std::env::var("SDS_HANDSHAKES") {
+        return count(&spec);
+    }
+    handshake_benches();
+    Criterion::default().configure_from_args().final_summary();
+}
+
+/// `SDS_HANDSHAKES=static:N|server_certs:N`: N handshakes after the setup, nothing else.
+fn count(spec: &str) {
+    let (mode, n) = spec
+        .split_once(':')
+        .and_then(|(mode, n)| Some((mode, n.parse::<usize>().ok()?)))
+        .expect("SDS_HANDSHAKES=static:N or server_certs:N");
+    let setup = setup();
+    let server = match mode {
+        "static" => &setup.fixed,
+        "server_certs" => &setup.following,
+        other => panic!("no mode {other:?}: static or server_certs"),
+    };
+    let mut buf = Vec::with_capacity(16 * 1024);
+    let presented: usize = (0..n)
+        .map(|_| handshake(&setup.client, server, &mut buf))
+        .sum();
+    assert!(n == 0 || presented > 0, "a certificate was presented");
+}
