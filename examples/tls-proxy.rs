@@ -12,7 +12,7 @@
 //!
 //! The credentials come from `--dir DIR` (`sds_source_fs::DirSource`, the layout of
 //! `serve-dir`: `DIR/<name>/tls.crt` + `tls.key` is the secret `<name>`, `DIR/<name>/ca.crt`
-//! is `<name>-cacert`) or from `--upstream unix:/path | http://HOST:PORT`
+//! is `<name>-cacert`) or from `--upstream unix:/path | http://HOST:PORT | https://HOST:PORT`
 //! (`sds_source_xds::XdsSource`, subscribed to every secret named below). They are published
 //! (`sds_core::Publish`) and followed by `sds_rustls::ServerCerts` (the server's certificate,
 //! by SNI) and, with `--client-ca`, `sds_rustls::ClientVerifier` (mutual TLS).
@@ -72,11 +72,10 @@ use sds::{
     fs::DirSource,
 };
 use sds_rustls::{ClientVerifier, Driver, ServerCerts, rustls};
-use sds_source_xds::XdsSource;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use flags::{Route, Upstream};
+use flags::Route;
 
 /// The node id and cluster the proxy sends upstream.
 const NODE: &str = "tls-proxy";
@@ -92,11 +91,11 @@ struct Args {
     #[arg(long, required_unless_present_any = ["upstream", "demo"], conflicts_with = "upstream")]
     dir: Option<PathBuf>,
 
-    /// The SDS server to take the secrets from instead: `unix:/path/to/socket` or
-    /// `http://HOST:PORT` (clear text). Every secret named by --host, --default and
-    /// --client-ca is subscribed to.
-    #[arg(long, value_name = "unix:/path | http://HOST:PORT")]
-    upstream: Option<Upstream>,
+    /// Or take the secrets from another SDS server, subscribed to every secret named by
+    /// --host, --default and --client-ca: `--upstream unix:/path | http://HOST:PORT |
+    /// https://HOST:PORT` with the TLS and backoff flags of `relay`.
+    #[command(flatten)]
+    upstream: Option<serving::upstream::UpstreamArgs>,
 
     /// Present the certificate of secret SECRET to clients whose SNI is HOST, or matches it
     /// if it is `*.domain` (one label). Repeat for several hosts.
@@ -165,7 +164,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         serving::fail("nothing to serve: give --host HOST=SECRET (repeatable) or --default SECRET");
     }
 
-    let (reader, publisher) = publish(&args);
+    let (reader, publisher) = publish(&args).await;
     let publisher = tokio::spawn(publisher);
 
     let Tls {
@@ -276,7 +275,7 @@ fn tls(reader: &Reader, args: &Args) -> Result<Tls, rustls::Error> {
 
 /// The reader of the secrets `args` name, from `--dir` or `--upstream`, and the publisher's
 /// driver (to spawn). Ends the process (status 2) if the source cannot be used.
-fn publish(args: &Args) -> (Reader, sds::core::Driver) {
+async fn publish(args: &Args) -> (Reader, sds::core::Driver) {
     match (&args.dir, &args.upstream) {
         (Some(dir), _) => {
             if !dir.is_dir() {
@@ -292,16 +291,14 @@ fn publish(args: &Args) -> (Reader, sds::core::Driver) {
             Publish::new(source).start()
         }
         (None, Some(upstream)) => {
-            let source = match upstream {
-                Upstream::Unix(path) => Ok(XdsSource::unix(path)),
-                Upstream::Tcp(uri) => XdsSource::tcp(uri),
-            };
-            let names = secret_names(args);
-            let source = match source.and_then(|s| s.names(names.iter().map(|n| n.as_str()))) {
-                Ok(source) => source.node(NODE, NODE),
-                Err(error) => serving::fail(&serving::describe(&error)),
-            };
-            tracing::info!(%upstream, "subscribing upstream");
+            let plan = upstream
+                .plan()
+                .unwrap_or_else(|problem| serving::fail(&problem));
+            let names: Vec<String> = secret_names(args).iter().map(|n| n.to_string()).collect();
+            let source = serving::upstream::source(&plan, &names, NODE)
+                .await
+                .unwrap_or_else(|problem| serving::fail(&problem));
+            tracing::info!(upstream = %plan.endpoint, tls = plan.tls_mode(), "subscribing upstream");
             Publish::new(source).start()
         }
         // clap requires one of --dir, --upstream, --demo, and --demo sets --dir.

@@ -6,6 +6,11 @@ mod admin;
 pub(crate) mod flags;
 mod policy;
 mod tls;
+#[allow(
+    dead_code,
+    reason = "used by the examples that have an upstream: relay, tls-proxy"
+)]
+pub(crate) mod upstream;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 

@@ -1,6 +1,7 @@
-//! The flags of `tls-proxy` that need parsing: `--host HOST=SECRET` and `--upstream`.
+//! The flags of `tls-proxy` that need parsing: `--host HOST=SECRET` (the upstream flags are
+//! `serving::upstream`'s, shared with `relay`).
 
-use std::{fmt, path::PathBuf, str::FromStr};
+use std::str::FromStr;
 
 use sds::core::SecretName;
 
@@ -10,14 +11,6 @@ use sds::core::SecretName;
 pub(crate) struct Route {
     pub(crate) pattern: String,
     pub(crate) secret: SecretName,
-}
-
-/// Where the upstream SDS server listens (`--upstream`): `unix:/path` or `http://HOST:PORT`
-/// (clear text). `relay`'s TLS to the upstream (`https://`, `--upstream-ca`) is not wired here.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Upstream {
-    Unix(PathBuf),
-    Tcp(String),
 }
 
 // === impl Route ===
@@ -47,34 +40,6 @@ pub(crate) fn secret_name(s: &str) -> Result<SecretName, String> {
     SecretName::new(s).map_err(|e| e.to_string())
 }
 
-// === impl Upstream ===
-
-impl FromStr for Upstream {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.strip_prefix("unix:") {
-            Some(path) if !path.is_empty() => Ok(Upstream::Unix(PathBuf::from(path))),
-            Some(_) => Err("`unix:` needs a path, e.g. unix:/run/sds.sock".to_owned()),
-            None if s.starts_with("http://") => Ok(Upstream::Tcp(s.to_owned())),
-            None if s.starts_with("https://") => Err(
-                "https is not supported by this example: use unix:/path or http://HOST:PORT"
-                    .to_owned(),
-            ),
-            None => Err("expected unix:/path or http://HOST:PORT".to_owned()),
-        }
-    }
-}
-
-impl fmt::Display for Upstream {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Upstream::Unix(path) => write!(f, "unix:{}", path.display()),
-            Upstream::Tcp(uri) => f.write_str(uri),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     //! `cargo test --example tls-proxy`
@@ -88,21 +53,6 @@ mod tests {
         assert_eq!(route.secret.as_str(), "wild-credential");
         for bad in ["a.example.com", "=secret", "a.example.com="] {
             assert!(bad.parse::<Route>().is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn upstreams_are_unix_paths_or_http_uris() {
-        assert_eq!(
-            "unix:/run/sds.sock".parse(),
-            Ok(Upstream::Unix("/run/sds.sock".into()))
-        );
-        assert_eq!(
-            "http://127.0.0.1:15012".parse(),
-            Ok(Upstream::Tcp("http://127.0.0.1:15012".to_owned()))
-        );
-        for bad in ["unix:", "https://sds:443", "127.0.0.1:15012"] {
-            assert!(bad.parse::<Upstream>().is_err(), "{bad:?}");
         }
     }
 }
