@@ -170,6 +170,12 @@ impl ConnectionBudget {
     pub(crate) fn give_back_pending(&self, n: usize) {
         self.pending.fetch_sub(n, Ordering::Relaxed);
     }
+
+    /// Bytes of partly received requests held now (for the fuzz targets, `__bench`).
+    #[cfg(feature = "__bench")]
+    pub(crate) fn pending(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
 }
 
 /// Which limit a subscription would exceed.

@@ -37,6 +37,9 @@ use sds_core::SecretName;
 
 pub use crate::error::{RulesError, RulesProblem};
 pub use crate::peer::{CertificateIdentity, Identity, Peer, UnixCredentials};
+#[cfg(feature = "__bench")]
+#[doc(hidden)]
+pub use rules::ParsedRules;
 pub use rules::{RulesDriver, RulesFile};
 
 mod rules;

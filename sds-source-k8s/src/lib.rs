@@ -154,6 +154,9 @@
 //! ReferenceGrants, read ConfigMaps or Gateway API references, or talk to more than one
 //! cluster.
 
+#[cfg(feature = "__fuzz")]
+#[doc(hidden)]
+pub mod __fuzz;
 mod error;
 pub mod istio;
 mod keys;

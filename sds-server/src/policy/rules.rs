@@ -175,6 +175,38 @@ enum Kind {
 #[derive(Debug)]
 struct Glob(Box<str>);
 
+// === impl ParsedRules ===
+
+/// A rules file's content, parsed and compiled as [`RulesFile::load`] does, without a file or a
+/// driver: for the workspace's fuzz targets (feature `__bench`), not an API.
+#[cfg(feature = "__bench")]
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct ParsedRules(Rules);
+
+#[cfg(feature = "__bench")]
+impl ParsedRules {
+    /// Parses `content`; errors name the file `rules.yaml`.
+    pub fn parse(content: &[u8]) -> Result<Self, RulesError> {
+        Rules::parse(Path::new("rules.yaml"), content).map(Self)
+    }
+
+    /// How many rules the file has.
+    pub fn len(&self) -> usize {
+        self.0.rules.len()
+    }
+
+    /// Whether the file has no rules (never: such a file is refused).
+    pub fn is_empty(&self) -> bool {
+        self.0.rules.is_empty()
+    }
+
+    /// What [`RulesFile`] would decide for `peer` and `name` with these rules.
+    pub fn decide(&self, peer: &Peer, name: &SecretName) -> Decision {
+        self.0.decide(peer, name)
+    }
+}
+
 // === impl RulesFile ===
 
 impl RulesFile {
